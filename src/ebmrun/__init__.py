@@ -1,0 +1,3 @@
+"""ebmrun: a config-driven experiment runner for energy-based models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""``python -m ebmrun`` = the ``ebmrun`` console script."""
+
+from ebmrun.cli import main
+
+main()

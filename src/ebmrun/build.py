@@ -1,0 +1,177 @@
+"""Everything a run needs, constructed from the composed config.
+
+Config nodes with a ``_target_`` build objects; their keys and value types are checked
+against the target's signature first, so a typo or a wrong type is one clear line instead
+of a traceback from deep inside a constructor. Data-dependent arguments (item shape, box,
+the model for an objective) are passed at build time, never written into the user's config.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import NoneType, UnionType
+from typing import Any
+
+import hydra.utils
+import torch
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from ebmrun.config import check_values
+from ebmrun.data.base import BatchIterator, InMemoryData
+from ebmrun.device import resolve_device
+from ebmrun.errors import UserError
+from ebmrun.objectives.base import DataInfo, Objective, OptimSettings
+from ebmrun.samplers.base import Sampler
+
+RESERVED = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    """Loose runtime check of a config value against a type hint (unknown hints pass)."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+    if annotation is NoneType:
+        return value is None
+    if value is None:
+        return False
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation in (bool, str):
+        return isinstance(value, annotation)
+    if origin in (list, tuple, Sequence, typing.Sequence) or annotation in (list, tuple):
+        return isinstance(value, (list, tuple, ListConfig))
+    return True
+
+
+def check_target_node(node: DictConfig, where: str, injected: Sequence[str] = ()) -> None:
+    """Check a ``_target_`` node's keys and value types against the target's signature.
+
+    ``injected`` names the arguments the runner passes itself (e.g. ``model``, ``item_shape``).
+    """
+    target_path = node.get("_target_")
+    if target_path is None:
+        raise UserError(f"{where} has no _target_ (fix: pick a config from the {where} group)")
+    try:
+        target = hydra.utils.get_object(target_path)
+    except Exception:
+        raise UserError(f"{where}._target_={target_path} cannot be imported "
+                        f"(fix: check the class path)") from None
+    signature = inspect.signature(target)
+    try:
+        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    except Exception:
+        hints = {}
+    params = signature.parameters
+    for key, value in node.items():
+        if key in RESERVED:
+            continue
+        if key not in params or key in injected:
+            valid = sorted(k for k in params if k not in injected and k != "self")
+            raise UserError(f"unknown key {where}.{key} (valid keys: {', '.join(valid)})")
+        if isinstance(value, DictConfig):
+            continue
+        plain = OmegaConf.to_object(value) if isinstance(value, ListConfig) else value
+        if not _type_ok(plain, hints.get(key, inspect.Parameter.empty)):
+            expected = getattr(hints[key], "__name__", str(hints[key]))
+            raise UserError(f"{where}.{key}={plain!r} has the wrong type: expected {expected}")
+    for name, param in params.items():
+        if (param.default is inspect.Parameter.empty and name not in node and name != "self"
+                and name not in injected and param.kind not in (param.VAR_POSITIONAL,
+                                                                param.VAR_KEYWORD)):
+            raise UserError(f"{where}.{name} is required (fix: {where}.{name}=<value>)")
+        if name in node and OmegaConf.is_missing(node, name):
+            raise UserError(f"{where}.{name} must be set (fix: {where}.{name}=<value>)")
+
+
+def instantiate(node: DictConfig, where: str, **injected: Any) -> Any:
+    """Validate then build ``node`` with the runner's ``injected`` objects.
+
+    The config part is turned into a ``functools.partial`` first, so injected objects
+    (models, dataclasses) are passed as they are instead of being converted to configs.
+    A constructor's ``ValueError`` becomes a one-line :class:`UserError`.
+    """
+    check_target_node(node, where, tuple(injected))
+    try:
+        factory = hydra.utils.instantiate(node, _convert_="all", _partial_=True)
+        return factory(**injected)
+    except InstantiationException as exc:
+        cause = exc.__cause__ or exc
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise
+    except ValueError as exc:
+        raise UserError(f"{where}: {exc}") from None
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """All checks that need no data or checkpoint: values, and every ``_target_`` node."""
+    check_values(cfg)
+    check_target_node(cfg.dataset, "dataset")
+    check_target_node(sampler_node(cfg), "sampler",
+                      ("box",) if cfg.sampler.get("box") == "data" else ())
+    check_target_node(cfg.model.net, "model.net", ("item_shape",))
+    check_target_node(cfg.model.objective, "model.objective",
+                      ("model", "sampler", "data", "generator"))
+
+
+def sampler_node(cfg: DictConfig) -> DictConfig:
+    """The sampler config with ``box: data`` removed (the box is injected at build time)."""
+    node = OmegaConf.create(OmegaConf.to_container(cfg.sampler, resolve=True))
+    if node.get("box") == "data":
+        del node["box"]
+    return node
+
+
+@dataclass
+class Components:
+    """A model family ready to train or sample."""
+
+    device: torch.device
+    model: torch.nn.Module
+    sampler: Sampler
+    objective: Objective
+    generator: torch.Generator
+
+
+def build_components(cfg: DictConfig, data_info: DataInfo) -> Components:
+    """Device, model, sampler and objective; the model is initialised from ``cfg.seed``."""
+    device = resolve_device(OmegaConf.to_object(cfg.device))
+    torch.manual_seed(cfg.seed)
+    model = instantiate(cfg.model.net, "model.net", item_shape=list(data_info.item_shape))
+    model = model.to(device)
+    sampler_injected = {"box": list(data_info.box)} if cfg.sampler.get("box") == "data" else {}
+    sampler = instantiate(sampler_node(cfg), "sampler", **sampler_injected)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    objective = instantiate(cfg.model.objective, "model.objective", model=model,
+                            sampler=sampler, data=data_info, generator=generator)
+    return Components(device, model, sampler, objective, generator)
+
+
+def load_data(cfg: DictConfig) -> InMemoryData:
+    data = instantiate(cfg.dataset, "dataset")
+    if not isinstance(data, InMemoryData):
+        raise UserError(f"dataset._target_ must return InMemoryData, got {type(data).__name__}")
+    return data
+
+
+def data_info_of(data: InMemoryData) -> DataInfo:
+    return DataInfo(item_shape=data.item_shape, value_range=tuple(data.value_range),
+                    box=tuple(data.box))
+
+
+def optim_settings(cfg: DictConfig) -> OptimSettings:
+    return OptimSettings(name=cfg.optim.name, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                         weight_decay=cfg.optim.weight_decay)
+
+
+def make_batches(cfg: DictConfig, data: InMemoryData) -> BatchIterator:
+    return BatchIterator(len(data.train), cfg.trainer.batch_size, seed=cfg.seed + 2)

@@ -1,0 +1,193 @@
+"""The ``ebmrun`` console script.
+
+``ebmrun [overrides...]`` composes ``conf/`` with Hydra and runs ``task`` (train | sample).
+Before Hydra creates any run dir, a pre-flight pass composes the same overrides and checks
+them, so a typo, a wrong type, an unknown option or a bad checkpoint is reported as one line
+on stderr with exit code 2 — no traceback, no half-made run dir.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ebmrun.build import validate_config
+from ebmrun.checkpoint import CKPT_NAME, atomic_write_bytes, load_checkpoint
+from ebmrun.config import merge_overrides, register_configs
+from ebmrun.errors import UserError
+from ebmrun.run import sample, train
+
+
+def config_dir() -> str:
+    """The config tree: inside the installed package (wheel) or the repo's top-level conf/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parents[1] / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError("ebmrun's config tree (conf/config.yaml) is missing from the install")
+
+
+CONFIG_DIR = config_dir()
+register_configs()
+# A short random suffix for run dirs: two jobs started in the same second never share one.
+# use_cache=True: resolved once per config, so every reader of hydra.run.dir agrees.
+OmegaConf.register_new_resolver("ebmrun_unique", lambda: secrets.token_hex(3), use_cache=True,
+                                replace=True)
+
+RUN_DIR_PATTERN = "outputs/{task}/{model}-{dataset}/${{now:%Y-%m-%d_%H-%M-%S}}_${{ebmrun_unique:}}"
+# Flags after which Hydra only prints information (no run): skip the pre-flight.
+INFO_FLAGS = {"-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info",
+              "--shell-completion", "-sc"}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def hydra_error_message(exc: Exception) -> str:
+    """Turn Hydra/OmegaConf composition errors into one line that names the fix."""
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options:
+        group, _, option = exc.missing_cfg_file.rpartition("/")
+        return (f"unknown {group or 'config'} '{option}' "
+                f"(choose from: {', '.join(sorted(exc.options))})")
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    message = _one_line(cause)
+    if "is not in struct" in message or "Key '" in message and "not in" in message:
+        return f"{message} (fix: check the key's spelling; `ebmrun --cfg job` lists all keys)"
+    return message
+
+
+def _split(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``argv`` -> (flags, key=value overrides)."""
+    flags = [a for a in argv if a.startswith("-")]
+    return flags, [a for a in argv if not a.startswith("-")]
+
+
+def _first_of_sweeps(overrides: list[str]) -> list[str]:
+    """One point of a sweep, for the pre-flight compose (``a=1,2`` -> ``a=1``)."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    out = []
+    for text, override in zip(overrides, parsed, strict=True):
+        if override.key_or_group.startswith("hydra"):
+            continue
+        if override.is_sweep_override():
+            first = next(iter(override.sweep_string_iterator()), None)
+            if first is None:
+                continue
+            text = f"{override.get_key_element()}={first}"
+        out.append(text)
+    return out
+
+
+def preflight(argv: list[str]) -> list[str]:
+    """Compose and check the run; returns extra Hydra overrides (run dir for resume/sample)."""
+    flags, overrides = _split(argv)
+    multirun = "-m" in flags or "--multirun" in flags
+    try:
+        with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = hydra.compose("config", overrides=_first_of_sweeps(overrides))
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        raise UserError(hydra_error_message(exc)) from None
+    if cfg.task not in TASKS:
+        raise UserError(f"unknown task '{cfg.task}' (choose from: {', '.join(TASKS)})")
+    if cfg.resume:
+        ckpt = load_checkpoint(cfg.resume)
+        run_dir = Path(ckpt["path"]).parent
+        return [] if multirun else [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+    if cfg.task == "sample":
+        if not cfg.ckpt:
+            raise UserError("task=sample needs a checkpoint (fix: ckpt=<run dir or last.pt>)")
+        saved = load_checkpoint(cfg.ckpt)["config"]
+        pattern = RUN_DIR_PATTERN.format(task="sample", model=saved["model"]["name"],
+                                         dataset=saved["dataset"].get("name", "data"))
+        return [] if multirun else [f"hydra.run.dir={pattern}"]
+    validate_config(cfg)
+    return []
+
+
+def _run_train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
+    if cfg.resume:
+        ckpt = load_checkpoint(cfg.resume)
+        cfg = merge_overrides(ckpt["config"], cfg, overrides)
+        validate_config(cfg)
+        atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
+        return train(cfg, run_dir, resume_ckpt=ckpt)
+    validate_config(cfg)
+    atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
+    return train(cfg, run_dir)
+
+
+def _run_sample(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
+    if not cfg.ckpt:
+        raise UserError("task=sample needs a checkpoint (fix: ckpt=<run dir or last.pt>)")
+    ckpt = load_checkpoint(cfg.ckpt)
+    cfg = merge_overrides(ckpt["config"], cfg, overrides)
+    validate_config(cfg)
+    atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
+    metrics = sample(cfg, run_dir, ckpt)
+    print(f"samples written to {run_dir}")
+    return metrics
+
+
+TASKS: dict[str, Callable[[DictConfig, Path, list[str]], dict]] = {
+    "train": _run_train, "sample": _run_sample}
+
+
+def _cleanup_failed_run_dir(run_dir: Path, resumed: bool) -> None:
+    """Remove a run dir this invocation created if it holds no checkpoint (nothing to keep)."""
+    if resumed or not run_dir.is_dir() or (run_dir / CKPT_NAME).exists():
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in list(run_dir.parents)[:3]:  # <model>-<dataset>/, <task>/, outputs/ if empty
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
+def hydra_entry(cfg: DictConfig) -> float | None:
+    """The Hydra task function: runs one job, returns the objective metric for sweepers."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        metrics = TASKS[cfg.task](cfg, run_dir, list(hydra_cfg.overrides.task))
+    except UserError as exc:
+        print(f"ebmrun: error: {_one_line(exc)}", file=sys.stderr)
+        if multirun:  # record the failure and let the sweep go on
+            atomic_write_bytes(run_dir / "error.txt", (_one_line(exc) + "\n").encode())
+            return None
+        _cleanup_failed_run_dir(run_dir, resumed=bool(cfg.resume))
+        sys.exit(UserError.exit_code)
+    objective = metrics.get("objective")
+    return None if objective is None else float(objective["value"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: pre-flight checks, then Hydra."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if not INFO_FLAGS.intersection(argv):
+        try:
+            extra = preflight(argv)
+        except UserError as exc:
+            print(f"ebmrun: error: {_one_line(exc)}", file=sys.stderr)
+            sys.exit(UserError.exit_code)
+    sys.argv = [sys.argv[0] if sys.argv else "ebmrun", *argv, *extra]
+    hydra_entry()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Typed config schemas (registered in Hydra's ConfigStore) and value checks.
+
+The top-level :class:`Config` is a structured config, so Hydra rejects unknown keys and
+wrong types in ``trainer``, ``optim``, ``sample``, ``device`` and ``model`` with a clear
+message. Groups whose nodes construct objects (``model.net``, ``model.objective``,
+``sampler``, ``dataset``) carry a ``_target_``; :func:`ebmrun.build.check_target_node`
+validates their keys and value types against the target's signature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from ebmrun.errors import UserError
+
+
+@dataclass
+class TrainerConfig:
+    """Training budget and the intervals of logging, pictures and checkpoints (in steps)."""
+
+    max_steps: Optional[int] = 1000
+    max_epochs: Optional[int] = None
+    batch_size: int = 128
+    log_every: int = 10
+    image_every: int = 250
+    ckpt_every: int = 250
+    grad_clip: Optional[float] = 0.1
+    objective_metric: str = "loss"
+    progress: bool = True
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer (``adam`` | ``adamw`` | ``sgd``) and a per-epoch exponential lr decay."""
+
+    name: str = "adam"
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.999])
+    weight_decay: float = 0.0
+    lr_decay: float = 1.0
+
+
+@dataclass
+class SampleConfig:
+    """``task=sample``: how many samples, how many sampler steps (null = model default)."""
+
+    n: int = 100
+    steps: Optional[int] = None
+    batch_size: int = 500
+    snapshot_every: Optional[int] = None
+
+
+@dataclass
+class DeviceConfig:
+    """``auto`` picks cuda > mps > cpu; ``threads`` sets torch's CPU thread count."""
+
+    name: str = "auto"
+    threads: Optional[int] = None
+
+
+@dataclass
+class ModelConfig:
+    """A model family: its network (``net``) and its training recipe (``objective``)."""
+
+    name: str = MISSING
+    net: Any = MISSING
+    objective: Any = MISSING
+
+
+@dataclass
+class Config:
+    task: str = "train"
+    seed: int = 0
+    ckpt: Optional[str] = None
+    resume: Optional[str] = None
+    model: ModelConfig = MISSING
+    sampler: Any = MISSING
+    dataset: Any = MISSING
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+def register_configs() -> None:
+    """Register the schemas; ``conf/config.yaml`` lists ``ebmrun_schema`` first in defaults."""
+    cs = ConfigStore.instance()
+    cs.store(name="ebmrun_schema", node=Config)
+
+
+def _positive(value: Any) -> bool:
+    return value is not None and value > 0
+
+
+# (config path, test, what is expected): checks Hydra's types cannot express.
+VALUE_CHECKS: list[tuple[str, Any, str]] = [
+    ("trainer.batch_size", _positive, "a positive integer"),
+    ("trainer.max_steps", lambda v: v is None or v >= 0, "null or an integer >= 0"),
+    ("trainer.max_epochs", lambda v: v is None or v >= 0, "null or an integer >= 0"),
+    ("trainer.log_every", _positive, "a positive integer"),
+    ("trainer.image_every", _positive, "a positive integer"),
+    ("trainer.ckpt_every", _positive, "a positive integer"),
+    ("trainer.grad_clip", lambda v: v is None or v > 0, "null or > 0"),
+    ("optim.lr", _positive, "a number > 0"),
+    ("optim.lr_decay", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("optim.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    ("sample.n", _positive, "a positive integer"),
+    ("sample.batch_size", _positive, "a positive integer"),
+    ("sample.steps", lambda v: v is None or v >= 0, "null or an integer >= 0"),
+    ("device.threads", lambda v: v is None or v > 0, "null or a positive integer"),
+]
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Raise :class:`UserError` for out-of-range values (zero batch size, lr <= 0, ...)."""
+    from omegaconf import OmegaConf
+
+    for path, test, expected in VALUE_CHECKS:
+        value = OmegaConf.select(cfg, path)
+        if not test(value):
+            raise UserError(f"{path}={value} is invalid: it must be {expected} "
+                            f"(fix: {path}=<value>)")
+    if cfg.trainer.max_steps is None and cfg.trainer.max_epochs is None:
+        raise UserError("trainer.max_steps and trainer.max_epochs are both null: the run would "
+                        "never end (fix: set trainer.max_steps=<n> or trainer.max_epochs=<n>)")
+
+
+# Overrides that select whole recipes cannot be re-applied to a saved config.
+NOT_REAPPLICABLE = ("experiment",)
+
+
+def merge_overrides(saved: dict, composed: DictConfig, overrides: list[str]) -> DictConfig:
+    """Apply the user's command-line ``overrides`` on top of a checkpoint's saved config.
+
+    Values are taken from ``composed`` (the config Hydra built from the same overrides), so
+    they arrive typed and with config-group choices expanded (``sampler=mala`` copies the
+    whole ``sampler`` node). ``hydra.*`` overrides are not part of the run config.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), saved)
+    except OmegaConfBaseException as exc:
+        raise UserError(f"the checkpoint's config does not fit this ebmrun version "
+                        f"({' '.join(str(exc).split())[:160]}) (fix: use a checkpoint written "
+                        f"by this version)") from None
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if key.startswith("hydra") or override.is_delete():
+            continue
+        if key in NOT_REAPPLICABLE:
+            raise UserError(f"{key}={override.value()} cannot be applied to a saved run "
+                            f"(fix: override single keys instead, e.g. trainer.max_steps=...)")
+        OmegaConf.update(merged, key, OmegaConf.select(composed, key), merge=False,
+                         force_add=True)
+    for key in ("task", "ckpt", "resume"):
+        merged[key] = composed[key]
+    return merged

@@ -1,0 +1,88 @@
+"""Offline sample-quality metrics for MNIST-like samples, measured with an :class:`Evaluator`.
+
+``frechet`` says how far the sample distribution is from the real one in the evaluator's
+feature space; it has a positive floor even for real images (finite-sample bias), so always
+print it next to :func:`real_floor` computed with the same number of images. The class
+statistics catch mode collapse (few classes present, high KL to uniform) and blurry or
+off-manifold samples (low classifier confidence).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ebmrun.errors import UserError
+from ebmrun.metrics.evaluator import Evaluator
+from ebmrun.metrics.frechet import frechet_distance
+
+# A class counts as "present" when it receives at least this fraction of predictions
+# (uniform would be 10%); 2% ignores stray misclassifications of a collapsed sampler.
+PRESENT_FRACTION = 0.02
+# KL of a one-class histogram: the worst class_kl_uniform, for reading the numbers.
+MAX_CLASS_KL = math.log(Evaluator.num_classes)
+
+
+def _check_images(name: str, x: Tensor) -> None:
+    if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28) or x.shape[0] < 2:
+        raise UserError(f"{name} must be a float tensor (N, 1, 28, 28) with N >= 2, got shape "
+                        f"{tuple(x.shape)}; save samples as one tensor in [-1, 1]")
+    if not torch.is_floating_point(x) or not bool(torch.isfinite(x).all()):
+        raise UserError(f"{name} must hold finite floating-point values in [-1, 1]; "
+                        "check the sampler output for NaN/inf or convert uint8 with to_float")
+
+
+def class_stats(logits: Tensor) -> dict[str, float]:
+    """Class-balance statistics of predictions.
+
+    Args:
+        logits: ``(N, K)`` classifier logits.
+
+    Returns:
+        ``classes_present`` (classes with >= 2% of the argmax predictions), ``class_kl_uniform``
+        (KL(p || uniform) of the predicted-class histogram p, in nats, 0 = perfectly
+        balanced, log K = one class) and ``mean_confidence`` (mean max softmax probability).
+    """
+    n, k = logits.shape
+    probs = logits.double().softmax(dim=1)
+    hist = torch.bincount(logits.argmax(dim=1), minlength=k).double() / n
+    nonzero = hist[hist > 0]  # 0 log 0 = 0
+    kl = float((nonzero * (nonzero * k).log()).sum())
+    return {
+        "classes_present": int((hist >= PRESENT_FRACTION).sum()),
+        "class_kl_uniform": max(kl, 0.0),
+        "mean_confidence": float(probs.max(dim=1).values.mean()),
+    }
+
+
+def sample_quality(evaluator: Evaluator, samples: Tensor, reference: Tensor) -> dict:
+    """Metrics of ``samples`` against ``reference`` real images.
+
+    Args:
+        evaluator: feature extractor / classifier (see :func:`get_evaluator`).
+        samples: ``(N, 1, 28, 28)`` float images in ``[-1, 1]``.
+        reference: ``(M, 1, 28, 28)`` float images in ``[-1, 1]`` (e.g. the test split).
+
+    Returns:
+        dict with ``frechet``, ``classes_present``, ``class_kl_uniform``,
+        ``mean_confidence`` and ``n_samples``.
+    """
+    _check_images("samples", samples)
+    _check_images("reference", reference)
+    feats, logits = evaluator.features_and_logits(samples)
+    ref_feats = evaluator.features(reference)
+    out = {"frechet": frechet_distance(feats, ref_feats)}
+    out.update(class_stats(logits))
+    out["n_samples"] = int(samples.shape[0])
+    return out
+
+
+def real_floor(evaluator: Evaluator, train_subset: Tensor, test: Tensor) -> float:
+    """Fréchet distance of real training images ``(N, 1, 28, 28)`` to the test split
+    ``(M, 1, 28, 28)``: the best a sampler can score with the same N, to print beside it."""
+    _check_images("train_subset", train_subset)
+    _check_images("test", test)
+    return frechet_distance(evaluator.features(train_subset), evaluator.features(test))
+

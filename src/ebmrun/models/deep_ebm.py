@@ -1,0 +1,88 @@
+"""Deep energy networks trained by contrastive divergence.
+
+For images: the UvA DL tutorial-8 CNN (four strided convs, Swish, two linear layers); for
+vectors (2-D toy densities): an MLP with Swish. :class:`DeepEnergy` picks the body from the
+shape of one data item, so ``model=deep_ebm`` works with any dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def _maybe_sn(layer: nn.Module, spectral_norm: bool) -> nn.Module:
+    return nn.utils.parametrizations.spectral_norm(layer) if spectral_norm else layer
+
+
+def conv_energy_body(in_channels: int, image_hw: tuple[int, int], channels: Sequence[int],
+                     hidden: int, spectral_norm: bool) -> nn.Sequential:
+    """The tutorial CNN: Conv(k5,s2,p4) then Conv(k3,s2,p1) layers, Flatten, Linear, Linear.
+
+    Maps ``(B, C, H, W) -> (B, 1)``. The first conv's large padding keeps border strokes.
+    """
+    layers: list[nn.Module] = []
+    c_in = in_channels
+    for i, c_out in enumerate(channels):
+        kernel, pad = (5, 4) if i == 0 else (3, 1)
+        layers += [_maybe_sn(nn.Conv2d(c_in, c_out, kernel, stride=2, padding=pad), spectral_norm),
+                   nn.SiLU()]
+        c_in = c_out
+    with torch.no_grad():  # flattened size depends on the image size: measure it once
+        flat = nn.Sequential(*layers)(torch.zeros(1, in_channels, *image_hw)).numel()
+    layers += [nn.Flatten(),
+               _maybe_sn(nn.Linear(flat, hidden), spectral_norm), nn.SiLU(),
+               _maybe_sn(nn.Linear(hidden, 1), spectral_norm)]
+    return nn.Sequential(*layers)
+
+
+def mlp_energy_body(in_features: int, hidden: Sequence[int], spectral_norm: bool
+                    ) -> nn.Sequential:
+    """MLP with Swish: ``(B, D) -> (B, 1)``."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for h in hidden:
+        layers += [_maybe_sn(nn.Linear(width, h), spectral_norm), nn.SiLU()]
+        width = h
+    layers.append(_maybe_sn(nn.Linear(width, 1), spectral_norm))
+    return nn.Sequential(*layers)
+
+
+class DeepEnergy(nn.Module):
+    """Energy network E_θ(x) (low = likely) for images or vectors.
+
+    Args:
+        item_shape: shape of one data item, ``(C, H, W)`` or ``(D,)`` (filled at build time).
+        conv_channels / conv_hidden: CNN widths for images.
+        mlp_hidden: MLP widths for vectors.
+        spectral_norm: wrap every layer in spectral normalisation (IGEBM-style stability).
+        channels_last: keep conv activations in NHWC, which oneDNN runs faster on CPU.
+    """
+
+    def __init__(self, item_shape: Sequence[int], conv_channels: Sequence[int] = (16, 32, 64, 64),
+                 conv_hidden: int = 64, mlp_hidden: Sequence[int] = (128, 128, 128),
+                 spectral_norm: bool = False, channels_last: bool = False) -> None:
+        super().__init__()
+        self.item_shape = tuple(int(s) for s in item_shape)
+        self.is_image = len(self.item_shape) == 3
+        if self.is_image:
+            c, h, w = self.item_shape
+            self.body = conv_energy_body(c, (h, w), conv_channels, conv_hidden, spectral_norm)
+        elif len(self.item_shape) == 1:
+            self.body = mlp_energy_body(self.item_shape[0], mlp_hidden, spectral_norm)
+        else:
+            raise ValueError(f"deep_ebm needs (C, H, W) images or (D,) vectors, got {item_shape}")
+        self.channels_last = bool(channels_last and self.is_image)
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def energy(self, x: Tensor) -> Tensor:
+        """Energies ``(B,)`` of ``x`` ``(B, *item_shape)``."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.body(x).squeeze(-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.energy(x)

@@ -1,0 +1,61 @@
+"""The samples contract of ``task=sample``.
+
+Every model family writes the same files into the run dir:
+- ``samples.pt``: float32 tensor ``(N, *item_shape)`` in the training data's value range;
+- ``samples.png``: a grid of the first 100 samples (images), or a 2-D histogram (points);
+- ``chain.png``: sampler snapshots, one row per snapshot (images, when the sampler ran);
+- ``metrics.json`` and TensorBoard events with the sampler's statistics.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchvision.utils import save_image
+
+from ebmrun.checkpoint import atomic_torch_save, atomic_write_bytes, atomic_write_json
+from ebmrun.logging import RunLogger
+from ebmrun.logging.run_logger import image_grid
+from ebmrun.objectives.base import DataInfo
+
+
+def png_bytes(grid: Tensor) -> bytes:
+    """Encode a ``(C, H, W)`` image in [0, 1] as PNG."""
+    buffer = io.BytesIO()
+    save_image(grid, buffer, format="png")
+    return buffer.getvalue()
+
+
+def points_image(points: Tensor, box: tuple[float, float], bins: int = 200) -> Tensor:
+    """A 2-D histogram of ``(N, 2)`` points as a ``(1, bins, bins)`` image (dark = dense)."""
+    low, high = box
+    hist = torch.histogramdd(points.float().cpu(), bins=[bins, bins],
+                             range=[low, high, low, high]).hist
+    hist = (hist / hist.max().clamp_min(1e-12)).sqrt()  # sqrt: keep faint modes visible
+    return (1.0 - hist.T.flip(0)).unsqueeze(0)  # rows = y from top to bottom
+
+
+def write_samples(run_dir: Path, samples: Tensor, chain: list[Tensor], info: DataInfo,
+                  metrics: dict) -> None:
+    """Write samples.pt, the pictures, metrics.json and TensorBoard events atomically."""
+    run_dir = Path(run_dir)
+    atomic_torch_save(samples, run_dir / "samples.pt")
+    logger = RunLogger(run_dir)
+    if info.is_image:
+        grid = image_grid(samples[:100], info.value_range, nrow=10)
+        logger.writer.add_image("samples", grid, 0)
+        if chain:
+            film = torch.stack([snap[:10].float().cpu() for snap in chain]).flatten(0, 1)
+            chain_grid = image_grid(film, info.value_range, nrow=10)
+            atomic_write_bytes(run_dir / "chain.png", png_bytes(chain_grid))
+            logger.writer.add_image("sampling_chain", chain_grid, 0)
+    else:
+        grid = points_image(samples[:, :2], info.box)
+        logger.writer.add_image("samples", grid, 0)
+    atomic_write_bytes(run_dir / "samples.png", png_bytes(grid))
+    logger.scalars({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, 0)
+    logger.close()
+    atomic_write_json(metrics, run_dir / "metrics.json")

@@ -1,0 +1,237 @@
+"""The tasks: ``train`` and ``sample``. One readable loop; everything else is built.
+
+Checkpoint payload (``last.pt``): ``config`` (the composed config as a dict), ``data_info``,
+``model``, ``objective`` (replay buffer, ...), ``optimizers``, ``schedulers``, ``step``,
+``epoch``, ``batches`` (data order), ``rng`` (torch + sampler generator), ``elapsed_s``.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from ebmrun.build import (build_components, data_info_of, load_data, make_batches,
+                          optim_settings)
+from ebmrun.checkpoint import atomic_write_json, save_checkpoint
+from ebmrun.errors import UserError
+from ebmrun.logging import RunLogger
+from ebmrun.objectives.base import DataInfo
+from ebmrun.outputs import write_samples
+
+
+class StopRequested:
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and exits."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous = {}
+
+    def __enter__(self) -> "StopRequested":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. a launcher's worker)
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def total_steps(cfg: DictConfig, batches_per_epoch: int) -> int:
+    limits = [cfg.trainer.max_steps,
+              None if cfg.trainer.max_epochs is None else cfg.trainer.max_epochs * batches_per_epoch]
+    return min(v for v in limits if v is not None)
+
+
+def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> dict:
+    """Train ``cfg.model`` on ``cfg.dataset``; returns the final metrics dict."""
+    data = load_data(cfg)
+    info = data_info_of(data)
+    parts = build_components(cfg, info)
+    model, objective, device = parts.model, parts.objective, parts.device
+    optimizers = objective.configure_optimizers(optim_settings(cfg))
+    schedulers = [torch.optim.lr_scheduler.ExponentialLR(o, cfg.optim.lr_decay) for o in optimizers]
+    batches = make_batches(cfg, data)
+    train_set = data.train.to(device)
+    step, elapsed = 0, 0.0
+    if resume_ckpt is not None:
+        step, elapsed = _restore(resume_ckpt, parts, optimizers, schedulers, batches)
+    total = total_steps(cfg, batches.batches_per_epoch)
+    if resume_ckpt is not None and step >= total:
+        raise UserError(f"this run already finished ({step} of {total} steps) (fix: resume with "
+                        f"a larger budget, e.g. trainer.max_steps={total * 2})")
+
+    logger = RunLogger(run_dir, purge_step=step if resume_ckpt else None)
+    if resume_ckpt is None:
+        logger.text("config", OmegaConf.to_yaml(cfg))
+    window: dict[str, list[float]] = defaultdict(list)
+    final: dict[str, float] = {}
+    images_seen, t_start = 0, time.perf_counter()
+    epoch = batches.epoch
+    bar = tqdm(total=total, initial=step, disable=not cfg.trainer.progress, dynamic_ncols=True,
+               desc=f"train {cfg.model.name}")
+    with StopRequested() as stop:
+        while step < total:
+            x = data.to_float(train_set[batches.next_indices().to(device)])
+            if batches.epoch != epoch:  # an epoch ended: per-epoch lr decay
+                epoch = batches.epoch
+                for scheduler in schedulers:
+                    scheduler.step()
+            out = objective.training_step(x)
+            if not objective.manual_optimization:
+                optimizers[0].zero_grad(set_to_none=True)
+                out["loss"].backward()
+                if cfg.trainer.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
+                optimizers[0].step()
+            step += 1
+            images_seen += x.shape[0]
+            for key, value in out.items():
+                window[key].append(float(value.detach()) if torch.is_tensor(value)
+                                   else float(value))
+            _check_finite(out, step, run_dir)
+            if step % cfg.trainer.log_every == 0 or step == total:
+                final = {k: sum(v) / len(v) for k, v in window.items()}
+                window.clear()
+                logger.scalars(final, step, prefix="train/")
+                logger.scalars({f"lr/{i}": o.param_groups[0]["lr"]
+                                for i, o in enumerate(optimizers)}, step)
+                bar.set_postfix(loss=f"{final.get('loss', float('nan')):.4f}")
+            if step % cfg.trainer.image_every == 0 or step == total:
+                _log_pictures(objective, logger, data, x, step, cfg.seed)
+            if step % cfg.trainer.ckpt_every == 0 or step == total or stop.signal:
+                save_checkpoint(_payload(cfg, info, parts, optimizers, schedulers, batches, step,
+                                         elapsed + time.perf_counter() - t_start), run_dir)
+            bar.update(1)
+            if stop.signal:
+                break
+    bar.close()
+    wall = time.perf_counter() - t_start
+    metrics = {"task": "train", "model": cfg.model.name, "dataset": data.name, "steps": step,
+               "epochs": step / batches.batches_per_epoch, "wall_time_s": elapsed + wall,
+               "images_per_s": images_seen / max(wall, 1e-9), **final}
+    if stop.signal:
+        logger.close()
+        raise UserError(f"interrupted by signal {stop.signal} at step {step}; checkpoint saved "
+                        f"(resume with: ebmrun resume={run_dir})")
+    metric_name = cfg.trainer.objective_metric
+    if metric_name not in metrics:
+        raise UserError(f"trainer.objective_metric={metric_name} is not among this run's "
+                        f"metrics (choose from: {', '.join(sorted(final))})")
+    metrics["objective"] = {"name": metric_name, "value": metrics[metric_name]}
+    logger.hparams(_hparams(cfg), {f"final/{k}": v for k, v in final.items()})
+    logger.close()
+    atomic_write_json(metrics, run_dir / "metrics.json")
+    return metrics
+
+
+def _check_finite(out: dict, step: int, run_dir: Path) -> None:
+    bad = [k for k, v in out.items() if not torch.isfinite(torch.as_tensor(v)).all()]
+    if bad:
+        raise UserError(f"training diverged at step {step}: {', '.join(bad)} became non-finite; "
+                        f"the last good checkpoint is {run_dir / 'last.pt'} (fix: lower optim.lr "
+                        f"or raise model.objective.alpha, then resume)")
+
+
+@torch.no_grad()
+def _log_pictures(objective, logger: RunLogger, data, x: torch.Tensor, step: int, seed: int
+                  ) -> None:
+    # A separate generator: pictures never change the training random stream.
+    generator = torch.Generator(device=x.device).manual_seed(seed * 1_000_003 + step)
+    if data.is_image:
+        logger.images("images/data", x[:64], step, data.value_range)
+    for name, images in objective.visuals(generator).items():
+        logger.images(f"images/{name}", images, step, data.value_range)
+    for name, values in objective.histograms().items():
+        logger.histogram(name, values, step)
+    logger.flush()
+
+
+def _payload(cfg, info: DataInfo, parts, optimizers, schedulers, batches, step: int,
+             elapsed: float) -> dict:
+    rng = {"torch": torch.get_rng_state(), "sampler": parts.generator.get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"config": OmegaConf.to_container(cfg, resolve=True), "data_info": asdict(info),
+            "model": parts.model.state_dict(), "objective": parts.objective.state_dict(),
+            "optimizers": [o.state_dict() for o in optimizers],
+            "schedulers": [s.state_dict() for s in schedulers], "step": step,
+            "epoch": batches.epoch, "batches": batches.state_dict(), "rng": rng,
+            "elapsed_s": elapsed}
+
+
+def _restore(ckpt: dict, parts, optimizers, schedulers, batches) -> tuple[int, float]:
+    load_model_state(parts.model, ckpt)
+    parts.objective.load_state_dict(ckpt["objective"])
+    for optimizer, state in zip(optimizers, ckpt["optimizers"], strict=True):
+        optimizer.load_state_dict(state)
+    for scheduler, state in zip(schedulers, ckpt["schedulers"], strict=True):
+        scheduler.load_state_dict(state)
+    batches.load_state_dict(ckpt["batches"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    parts.generator.set_state(ckpt["rng"]["sampler"])
+    if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    return int(ckpt["step"]), float(ckpt.get("elapsed_s", 0.0))
+
+
+def load_model_state(model: torch.nn.Module, ckpt: dict) -> None:
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()[0][:160]
+        raise UserError(f"checkpoint {ckpt.get('path')} does not match the configured model "
+                        f"({detail}) (fix: sample/resume with the checkpoint's own config, "
+                        f"without model overrides)") from None
+
+
+def _hparams(cfg: DictConfig) -> dict:
+    """A few headline settings for TensorBoard's HParams tab."""
+    return {"model": cfg.model.name, "dataset": str(cfg.dataset.get("name", "")),
+            "seed": cfg.seed, "lr": cfg.optim.lr, "batch_size": cfg.trainer.batch_size,
+            "sampler": str(cfg.sampler.get("_target_", "")).rsplit(".", 1)[-1],
+            "sampler_steps": int(cfg.sampler.get("steps", 0) or 0)}
+
+
+def sample(cfg: DictConfig, run_dir: Path, ckpt: dict) -> dict:
+    """Draw ``cfg.sample.n`` samples from a trained model; writes samples.pt/png, metrics."""
+    info = DataInfo(**{k: tuple(v) for k, v in ckpt["data_info"].items()})
+    parts = build_components(cfg, info)
+    load_model_state(parts.model, ckpt)
+    parts.model.eval()
+    generator = torch.Generator(device=parts.device).manual_seed(cfg.seed)
+    snapshot_every = cfg.sample.snapshot_every
+    chunks, chain, stats = [], [], defaultdict(list)
+    remaining = cfg.sample.n
+    with tqdm(total=cfg.sample.n, desc=f"sample {cfg.model.name}", dynamic_ncols=True) as bar:
+        while remaining > 0:
+            n = min(remaining, cfg.sample.batch_size)
+            every = snapshot_every if snapshot_every is not None else 0
+            if not chunks and every == 0 and info.is_image:
+                every = max((cfg.sample.steps or 64) // 8, 1)
+            result = parts.objective.generate(n, steps=cfg.sample.steps, generator=generator,
+                                              snapshot_every=every)
+            chunks.append(result.x.float().cpu())
+            chain = chain or result.chain
+            for key, value in result.summary().items():
+                stats[key].append(value)
+            remaining -= n
+            bar.update(n)
+    samples = torch.cat(chunks)
+    metrics = {"task": "sample", "model": cfg.model.name, "n": len(samples),
+               "checkpoint": ckpt["path"], "checkpoint_step": ckpt["step"],
+               **{f"sampler/{k}": sum(v) / len(v) for k, v in stats.items()}}
+    write_samples(run_dir, samples, chain, info, metrics)
+    return metrics

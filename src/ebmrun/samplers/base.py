@@ -1,0 +1,159 @@
+"""The sampler contract shared by every MCMC algorithm.
+
+A sampler only ever sees an energy function ``energy_fn(x: (B, ...)) -> (B,)`` (low = likely)
+and a batch of starting points, one independent chain per batch row. It knows nothing of
+models, optimizers, replay buffers or training mode, and never touches parameter gradients:
+input gradients come from ``torch.autograd.grad`` with respect to ``x`` only.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+EnergyFn = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class SampleResult:
+    """Output of :meth:`Sampler.sample`.
+
+    Attributes:
+        x: final states, same shape as ``x0``.
+        stats: diagnostics for people tuning the sampler. Per-step traces are 1-D tensors of
+            length ``steps`` (``energy``: mean energy, ``grad_norm``: mean per-chain L2 norm of
+            the input gradient, ``acceptance``: mean acceptance rate); scalars are floats
+            (``step_size`` after adaptation, ``acceptance_rate`` overall).
+        chain: snapshots ``[x_t]`` taken every ``snapshot_every`` steps (first and last
+            included) when requested, else empty.
+    """
+
+    x: Tensor
+    stats: dict[str, Tensor | float] = field(default_factory=dict)
+    chain: list[Tensor] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        """Scalar view of ``stats`` (traces reduced to their last / mean value) for logs."""
+        out: dict[str, float] = {}
+        for key, value in self.stats.items():
+            if isinstance(value, Tensor):
+                if value.numel() == 0:
+                    continue
+                out[f"{key}_last"] = float(value[-1])
+                out[f"{key}_mean"] = float(value.float().mean())
+            else:
+                out[key] = float(value)
+        return out
+
+
+def energy_and_grad(energy_fn: EnergyFn, x: Tensor, autocast_dtype: torch.dtype | None = None
+                    ) -> tuple[Tensor, Tensor]:
+    """Energies ``(B,)`` and input gradients ``dE/dx`` (shape of ``x``) in one pass.
+
+    Uses ``torch.autograd.grad`` with ``x`` as the only input, so autograd skips every
+    parameter-gradient computation and leaves ``param.grad`` untouched; the caller's
+    ``requires_grad`` flags and train/eval mode are never changed.
+    """
+    autocast = (torch.autocast(x.device.type, dtype=autocast_dtype)
+                if autocast_dtype is not None else nullcontext())
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        with autocast:
+            energy = energy_fn(x)
+        (grad,) = torch.autograd.grad(energy.sum(), x)
+    return energy.detach().float(), grad
+
+
+def parse_box(box: Sequence[float] | None) -> tuple[float, float] | None:
+    """Validate a ``[low, high]`` box constraint (``None`` = unconstrained)."""
+    if box is None:
+        return None
+    low, high = (float(v) for v in box)
+    if not low < high:
+        raise ValueError(f"box must be [low, high] with low < high, got {list(box)}")
+    return low, high
+
+
+class Sampler(ABC):
+    """Base class: batched chains, temperature, optional box constraint, snapshots.
+
+    Args:
+        steps: default number of steps when ``sample`` is called without ``steps``.
+        temperature: T in p(x) ∝ exp(-E(x)/T); high T explores, low T settles.
+        box: ``[low, high]`` clamp applied after every step (e.g. ``[-1, 1]`` for images).
+        autocast: ``"bf16"`` runs the energy in bfloat16 autocast (faster on CPUs with
+            AVX-512 BF16 and on GPUs); ``None`` keeps float32.
+    """
+
+    def __init__(self, steps: int = 60, temperature: float = 1.0,
+                 box: Sequence[float] | None = None, autocast: str | None = None) -> None:
+        if steps < 0:
+            raise ValueError(f"sampler steps must be >= 0, got {steps}")
+        if temperature <= 0:
+            raise ValueError(f"sampler temperature must be > 0, got {temperature}")
+        self.steps = int(steps)
+        self.temperature = float(temperature)
+        self.box = parse_box(box)
+        self.autocast_dtype = _AUTOCAST_DTYPES[autocast]
+
+    def sample(self, energy_fn: EnergyFn, x0: Tensor, *, steps: int | None = None,
+               generator: torch.Generator | None = None, snapshot_every: int = 0) -> SampleResult:
+        """Run ``steps`` MCMC steps from ``x0`` ``(B, ...)``; returns the final states and stats."""
+        steps = self.steps if steps is None else int(steps)
+        x = self.project(x0.detach().clone())
+        traces = {name: torch.zeros(steps) for name in ("energy", "grad_norm", "acceptance")}
+        chain = [x.clone()] if snapshot_every > 0 else []
+        state = self.init_state(energy_fn, x, generator)
+        for t in range(steps):
+            x, state, step_stats = self.step(energy_fn, x, state, generator)
+            for name, value in step_stats.items():
+                traces[name][t] = value
+            if snapshot_every > 0 and ((t + 1) % snapshot_every == 0 or t + 1 == steps):
+                chain.append(x.clone())
+        stats: dict[str, Tensor | float] = dict(traces)
+        stats.update(self.final_stats(state))
+        if steps:
+            stats["acceptance_rate"] = float(traces["acceptance"].mean())
+        return SampleResult(x=x.detach(), stats=stats, chain=chain)
+
+    def project(self, x: Tensor) -> Tensor:
+        """Apply the box constraint in place (a no-op without one)."""
+        return x.clamp_(*self.box) if self.box is not None else x
+
+    def init_state(self, energy_fn: EnergyFn, x: Tensor, generator: torch.Generator | None
+                   ) -> dict:
+        """Per-run state carried across steps (cached energies, step sizes, ...)."""
+        return {}
+
+    def final_stats(self, state: dict) -> dict[str, float]:
+        """Scalars to report after the run, e.g. the adapted step size."""
+        return {}
+
+    @abstractmethod
+    def step(self, energy_fn: EnergyFn, x: Tensor, state: dict,
+             generator: torch.Generator | None) -> tuple[Tensor, dict, dict[str, Tensor]]:
+        """One MCMC step for every chain: returns new x, new state and this step's stats
+        (0-d tensors for ``energy``, ``grad_norm``, ``acceptance``)."""
+
+    def _energy_and_grad(self, energy_fn: EnergyFn, x: Tensor) -> tuple[Tensor, Tensor]:
+        return energy_and_grad(energy_fn, x, self.autocast_dtype)
+
+
+_AUTOCAST_DTYPES: dict[str | None, torch.dtype | None] = {
+    None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def gaussian_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise shaped like ``x`` drawn from ``generator`` (on x's device)."""
+    return torch.empty_like(x).normal_(generator=generator)
+
+
+def per_chain_norm(g: Tensor) -> Tensor:
+    """L2 norm of each chain's gradient: ``(B, ...) -> (B,)``."""
+    return g.flatten(1).norm(dim=1)
+
