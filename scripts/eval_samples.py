@@ -35,7 +35,12 @@ def load_samples(path: Path, n: int) -> torch.Tensor:
     if not isinstance(samples, torch.Tensor) or not torch.is_floating_point(samples):
         raise UserError(f"{path} must hold one float tensor (N, 1, 28, 28) in [-1, 1], got "
                         f"{type(samples).__name__}; save the sample tensor itself")
-    return samples[:n].float()
+    samples = samples[:n].float()
+    if samples.numel() and float(samples.min()) >= 0.0:
+        # a common slip: saving images in [0, 1] (e.g. after the PNG rescale)
+        print(f"warning: all values in {path} are >= 0; samples should be in [-1, 1] "
+              "(convert with x * 2 - 1 if they are in [0, 1])", file=sys.stderr)
+    return samples
 
 
 def evaluate(path: Path, dataset: str, root: str | None, n: int, cache_dir: str | None,

@@ -29,19 +29,6 @@ CONF_DIR = REPO_ROOT / "conf" / "dataset"
 IDX_NAMES = [f for pair in IDX_FILES.values() for f in pair]
 
 
-@pytest.fixture(scope="session")
-def data_root() -> Path:
-    """The root holding MNIST/raw and FashionMNIST/raw: $EBMRUN_DATA_DIR (relative to the
-    repo root, as CI sets it) or the shared folder next to the repo. Fails, not skips: the
-    data is always there in CI."""
-    env = os.environ.get("EBMRUN_DATA_DIR")
-    root = (REPO_ROOT / env).resolve() if env else REPO_ROOT.parent / "shared" / "data"
-    if not (root / "MNIST" / "raw").is_dir() or not (root / "FashionMNIST" / "raw").is_dir():
-        pytest.fail(f"MNIST / Fashion-MNIST not found under {root}: set EBMRUN_DATA_DIR to the "
-                    f"folder holding MNIST/raw and FashionMNIST/raw")
-    return root
-
-
 @pytest.fixture(scope="module")
 def loaded(data_root: Path) -> dict[str, InMemoryData]:
     return {name: load_idx_dataset(name, str(data_root)) for name in ("mnist", "fashion_mnist")}

@@ -24,7 +24,7 @@ from ebmrun.config import check_values
 from ebmrun.data.base import BatchIterator, InMemoryData
 from ebmrun.device import resolve_device
 from ebmrun.errors import UserError
-from ebmrun.objectives.base import DataInfo, Objective, OptimSettings
+from ebmrun.objectives.base import OPTIMIZERS, DataInfo, Objective, OptimSettings
 from ebmrun.samplers.base import Sampler
 
 RESERVED = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
@@ -57,6 +57,9 @@ def check_target_node(node: DictConfig, where: str, injected: Sequence[str] = ()
 
     ``injected`` names the arguments the runner passes itself (e.g. ``model``, ``item_shape``).
     """
+    if not isinstance(node, DictConfig):
+        raise UserError(f"{where}={node!r} is not a config node (fix: pick an option of the "
+                        f"{where.split('.')[0]} group, or set keys as {where}.<key>=<value>)")
     target_path = node.get("_target_")
     if target_path is None:
         raise UserError(f"{where} has no _target_ (fix: pick a config from the {where} group)")
@@ -115,6 +118,9 @@ def instantiate(node: DictConfig, where: str, **injected: Any) -> Any:
 def validate_config(cfg: DictConfig) -> None:
     """All checks that need no data or checkpoint: values, and every ``_target_`` node."""
     check_values(cfg)
+    if cfg.optim.name not in OPTIMIZERS:
+        raise UserError(f"optim.name={cfg.optim.name} is invalid: choose from "
+                        f"{', '.join(OPTIMIZERS)}")
     check_target_node(cfg.dataset, "dataset")
     check_target_node(sampler_node(cfg), "sampler",
                       ("box",) if cfg.sampler.get("box") == "data" else ())

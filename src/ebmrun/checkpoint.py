@@ -78,17 +78,19 @@ def load_checkpoint(path_or_dir: str | os.PathLike, map_location: str | torch.de
     Raises :class:`UserError` for missing, truncated, corrupt, unsafe or foreign files.
     """
     path = resolve_checkpoint_path(path_or_dir)
+    corrupt = UserError(f"cannot read checkpoint {path}: the file is truncated or corrupt "
+                        f"(fix: use another checkpoint, e.g. the run's last.pt)")
+    if not zipfile.is_zipfile(path):  # torch.save always writes a zip archive
+        raise corrupt
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise UserError(f"refusing to load {path}: it is not a plain ebmrun checkpoint "
-                        f"({first[:120]}); only load checkpoints you trust and that ebmrun "
-                        f"wrote") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise UserError(f"cannot read checkpoint {path}: the file is truncated or corrupt "
-                        f"({type(exc).__name__}) (fix: use another checkpoint, e.g. the run's "
-                        f"last.pt)") from None
+    except pickle.UnpicklingError:
+        # weights_only=True met a pickle that would import or call code: never run it.
+        raise UserError(f"refusing to load {path}: it contains objects other than tensors and "
+                        f"plain data (code could run on load); only load checkpoints written "
+                        f"by ebmrun") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError):
+        raise corrupt from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not an ebmrun checkpoint (fix: pass a last.pt written by "
                         f"ebmrun)")

@@ -8,6 +8,7 @@ on stderr with exit code 2 — no traceback, no half-made run dir.
 
 from __future__ import annotations
 
+import re
 import secrets
 import shutil
 import sys
@@ -63,8 +64,16 @@ def hydra_error_message(exc: Exception) -> str:
                 f"(choose from: {', '.join(sorted(exc.options))})")
     cause = exc.__cause__ if exc.__cause__ is not None else exc
     message = _one_line(cause)
-    if "is not in struct" in message or "Key '" in message and "not in" in message:
-        return f"{message} (fix: check the key's spelling; `ebmrun --cfg job` lists all keys)"
+    unknown = re.search(r"Key '[^']+' (?:is )?not in \S+ full_key: (\S+)", message)
+    wrong_type = re.search(r"Value '(.*)' of type '\w+' could not be converted to (\w+) "
+                           r"full_key: (\S+)", message)
+    if wrong_type:
+        value, expected, key = wrong_type.groups()
+        return (f"{key}='{value}' has the wrong type: expected {expected.lower()} "
+                f"(fix: {key}=<{expected.lower()}>)")
+    if unknown:
+        return (f"unknown key {unknown.group(1)} (fix: check its spelling; `ebmrun --cfg job` "
+                f"lists every key)")
     return message
 
 

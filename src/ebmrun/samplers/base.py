@@ -109,10 +109,13 @@ class Sampler(ABC):
         traces = {name: torch.zeros(steps) for name in ("energy", "grad_norm", "acceptance")}
         chain = [x.clone()] if snapshot_every > 0 else []
         state = self.init_state(energy_fn, x, generator)
+        state["steps"] = steps
         for t in range(steps):
+            state["t"] = t  # schedules and warm-up windows read the step index from here
             x, state, step_stats = self.step(energy_fn, x, state, generator)
             for name, value in step_stats.items():
-                traces[name][t] = value
+                # Extra per-step stats (temperature, step size, ...) become traces too.
+                traces.setdefault(name, torch.zeros(steps))[t] = value
             if snapshot_every > 0 and ((t + 1) % snapshot_every == 0 or t + 1 == steps):
                 chain.append(x.clone())
         stats: dict[str, Tensor | float] = dict(traces)
@@ -127,8 +130,18 @@ class Sampler(ABC):
 
     def init_state(self, energy_fn: EnergyFn, x: Tensor, generator: torch.Generator | None
                    ) -> dict:
-        """Per-run state carried across steps (cached energies, step sizes, ...)."""
+        """Per-run state carried across steps (cached energies, step sizes, ...).
+
+        :meth:`sample` adds ``state["steps"]`` (the run's length) and sets ``state["t"]``
+        (the index of the step about to run) before every :meth:`step`.
+        """
         return {}
+
+    def refresh_state(self, energy_fn: EnergyFn, x: Tensor, state: dict) -> dict:
+        """Recompute whatever ``state`` caches about ``x`` after someone else changed ``x``
+        (e.g. replica exchange swapping chains); keeps adapted settings such as step sizes.
+        Samplers without a cache keep the default no-op."""
+        return state
 
     def final_stats(self, state: dict) -> dict[str, float]:
         """Scalars to report after the run, e.g. the adapted step size."""
@@ -156,4 +169,36 @@ def gaussian_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
 def per_chain_norm(g: Tensor) -> Tensor:
     """L2 norm of each chain's gradient: ``(B, ...) -> (B,)``."""
     return g.flatten(1).norm(dim=1)
+
+
+def per_chain_sum(v: Tensor) -> Tensor:
+    """Sum over every dimension but the batch: ``(B, ...) -> (B,)``."""
+    return v.flatten(1).sum(dim=1)
+
+
+def per_chain_view(v: Tensor, like: Tensor) -> Tensor:
+    """Reshape a per-chain ``(B,)`` tensor to ``(B, 1, ..., 1)`` so it broadcasts over ``like``."""
+    return v.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def reflect_into_box(x: Tensor, low: float, high: float) -> tuple[Tensor, Tensor]:
+    """Fold ``x`` back into ``[low, high]`` by mirror reflections at the walls.
+
+    Returns the reflected tensor and a bool mask (shape of ``x``) of the entries that were
+    mirrored an odd number of times, i.e. whose velocity must flip (HMC). Reflection keeps
+    a symmetric proposal symmetric, so random-walk Metropolis stays exact with it.
+    """
+    width = high - low
+    shifted = x - low
+    folds = torch.floor(shifted / width)
+    odd = torch.remainder(folds, 2) == 1
+    inside = torch.remainder(shifted, 2 * width)  # in [0, 2w): one period of the fold
+    return low + width - (inside - width).abs(), odd
+
+
+def in_box(x: Tensor, box: tuple[float, float] | None) -> Tensor:
+    """``(B,)`` bool: whether every coordinate of each chain lies within ``box``."""
+    if box is None:
+        return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    return ((x >= box[0]) & (x <= box[1])).flatten(1).all(dim=1)
 

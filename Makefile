@@ -1,0 +1,38 @@
+# ebmrun — common tasks. `make help` lists them.
+VENV    ?= .venv
+PYTHON  ?= python3
+BIN     := $(VENV)/bin
+# Offline data: the repo's ../shared/data if present, else ./data (override: make run EBMRUN_DATA_DIR=...)
+EBMRUN_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),$(CURDIR)/data)
+export EBMRUN_DATA_DIR
+
+.PHONY: help install run test test-slow bench tensorboard clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(BIN)/ebmrun: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1 || $(BIN)/pip install torch torchvision
+	$(BIN)/pip install -e ".[dev]"
+	@touch $@
+
+install: $(BIN)/ebmrun  ## create .venv and install ebmrun (editable) with test deps
+
+run: install  ## train the default model (deep EBM on MNIST, ~10 min on a laptop CPU)
+	$(BIN)/ebmrun
+
+test: install  ## run the test suite (fast tests; no network, no GPU)
+	$(BIN)/python -m pytest -q
+
+test-slow: install  ## run only the slow statistical / quality tests
+	$(BIN)/python -m pytest -q -m slow
+
+bench: install  ## training throughput of the default model (JSON)
+	$(BIN)/python scripts/bench.py model=deep_ebm dataset=mnist
+
+tensorboard: install  ## serve TensorBoard over outputs/
+	$(BIN)/tensorboard --logdir outputs
+
+clean:  ## remove outputs/ (runs) — keeps the venv
+	rm -rf outputs

@@ -1,0 +1,161 @@
+"""The `ebmrun` command end to end, as a user runs it (subprocesses, real MNIST)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, run_cli
+
+
+def _run_dirs(root: Path, task: str = "train") -> list[Path]:
+    return sorted(p.parent for p in (root / "outputs" / task).glob("*/*/config.yaml"))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def trained_run(workdir: Path) -> Path:
+    result = run_cli(TINY, workdir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run_dir,) = _run_dirs(workdir)
+    return run_dir
+
+
+def test_train_writes_the_run_dir_contract(trained_run: Path) -> None:
+    assert trained_run.parent.name == "deep_ebm-mnist"
+    for name in ("last.pt", "metrics.json", "config.yaml"):
+        assert (trained_run / name).is_file(), name
+    assert list(trained_run.glob("events.out.tfevents.*"))
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["images_per_s"] > 0
+    assert metrics["objective"]["name"] == "loss"
+
+
+def test_resume_then_sample(trained_run: Path, workdir: Path) -> None:
+    resumed = run_cli([f"resume={trained_run}", "trainer.max_steps=6"], workdir)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((trained_run / "metrics.json").read_text())["steps"] == 6
+    assert _run_dirs(workdir) == [trained_run]  # same run dir, no new one
+
+    again = run_cli([f"resume={trained_run}", "trainer.max_steps=6"], workdir)
+    assert again.returncode == 2 and "already finished" in again.stderr
+
+    sampled = run_cli(["task=sample", f"ckpt={trained_run}", "sample.n=12", "sample.steps=5"],
+                      workdir)
+    assert sampled.returncode == 0, sampled.stderr[-2000:]
+    (sample_dir,) = _run_dirs(workdir, "sample")
+    assert str(sample_dir) in sampled.stdout
+    samples = torch.load(sample_dir / "samples.pt", weights_only=True)
+    assert samples.shape == (12, 1, 28, 28) and samples.dtype == torch.float32
+    assert samples.min() >= -1 and samples.max() <= 1
+    assert (sample_dir / "samples.png").stat().st_size > 0
+    assert json.loads((sample_dir / "metrics.json").read_text())["n"] == 12
+
+
+BAD = [
+    (["model=nope"], "unknown model 'nope'"),
+    (["trainer.batch_size=0"], "trainer.batch_size=0 is invalid"),
+    (["optim.lr=abc"], "optim.lr='abc' has the wrong type"),
+    (["dataset.root=/nonexistent/data", "dataset.download=false"], "missing MNIST/raw"),
+    (["device=cuda"] if not torch.cuda.is_available() else ["device=tpu"], "device="),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD)
+def test_user_errors_exit_2_with_one_line(args: list[str], expected: str, tmp_path: Path
+                                          ) -> None:
+    result = run_cli([*TINY, *args], tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "outputs").exists()  # no half-made run dir left behind
+
+
+def test_corrupt_checkpoint_for_sampling(tmp_path: Path) -> None:
+    (tmp_path / "bad.pt").write_bytes(b"\x00" * 100)
+    result = run_cli(["task=sample", f"ckpt={tmp_path / 'bad.pt'}"], tmp_path)
+    assert result.returncode == 2 and "truncated or corrupt" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_multirun_makes_one_dir_per_job(tmp_path: Path) -> None:
+    result = run_cli(["-m", *TINY, "trainer.max_steps=2", "optim.lr=1e-4,3e-4", "seed=0,1"],
+                     tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert len(jobs) == 4 and len(set(jobs)) == 4
+    assert jobs[0].startswith("0_") and "optim.lr=0.0001" in jobs[0]
+    for job in jobs:
+        assert (sweep / job / "metrics.json").is_file()
+        assert list((sweep / job).glob("events.out.tfevents.*"))
+
+
+def test_jobs_started_together_never_share_a_dir(tmp_path: Path) -> None:
+    args = [sys.executable, "-m", "ebmrun", *TINY, "trainer.max_steps=1"]
+    procs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE) for _ in range(3)]
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    assert len(_run_dirs(tmp_path)) == 3
+
+
+def test_help_lists_groups(tmp_path: Path) -> None:
+    result = run_cli(["--help"], tmp_path)
+    assert result.returncode == 0
+    for group in ("model:", "sampler:", "dataset:", "device:", "experiment:"):
+        assert group in result.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_tensorboard_serves_our_tags(trained_run: Path) -> None:
+    """A real TensorBoard server over the run dir shows the scalars, images, histograms."""
+    port = _free_port()
+    tensorboard = Path(sys.executable).with_name("tensorboard")
+    server = subprocess.Popen([str(tensorboard), "--logdir", str(trained_run), "--host",
+                               "127.0.0.1", "--port", str(port), "--load_fast", "false"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/data/plugin"
+    try:
+        deadline = time.time() + 90
+        tags: dict = {}
+        while time.time() < deadline:
+            try:
+                tags = {kind: _get_json(f"{base}/{kind}/tags")
+                        for kind in ("scalars", "images", "histograms")}
+                if all(tags.values()):
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        flat = {kind: {t for run in value.values() for t in run} for kind, value in tags.items()}
+        assert {"train/loss", "train/energy_gap", "train/sampler/grad_norm", "lr/0"} \
+            <= flat["scalars"]
+        assert {"images/data", "images/buffer", "images/samples_from_noise",
+                "images/langevin_chain"} <= flat["images"]
+        assert {"energy/data", "energy/samples"} <= flat["histograms"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
