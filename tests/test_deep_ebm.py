@@ -92,3 +92,34 @@ def test_resume_continues_bit_identically(tmp_path: Path, data_root: Path) -> No
     buf_a = load_checkpoint(tmp_path / "straight")["objective"]["buffer"]["data"]
     buf_b = load_checkpoint(tmp_path / "split")["objective"]["buffer"]["data"]
     assert torch.equal(buf_a, buf_b)
+
+
+@pytest.mark.parametrize(("kernel", "padding", "channels", "size"),
+                         [(5, 4, 1, 28), (5, 4, 3, 32), (3, 1, 16, 16), (4, 1, 2, 9)])
+def test_polyphase_conv_matches_conv2d(kernel: int, padding: int, channels: int, size: int
+                                       ) -> None:
+    from ebmrun.models.polyphase_conv import PolyphaseConv2d
+
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(channels, 8, kernel, stride=2, padding=padding)
+    fast = PolyphaseConv2d(channels, 8, kernel, padding=padding)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(5, channels, size, size, requires_grad=True)
+    out_ref, out_fast = ref(x), fast(x)
+    torch.testing.assert_close(out_fast, out_ref)
+    grad_out = torch.randn_like(out_ref)
+    grads_ref = torch.autograd.grad(out_ref, [x, ref.weight, ref.bias], grad_out)
+    grads_fast = torch.autograd.grad(out_fast, [x, fast.weight, fast.bias], grad_out)
+    for a, b in zip(grads_fast, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_fast_switches_keep_energy_and_gradients() -> None:
+    torch.manual_seed(0)
+    plain = DeepEnergy((1, 28, 28), polyphase_first_conv=False)
+    fast = DeepEnergy((1, 28, 28), polyphase_first_conv=True, channels_last=True)
+    fast.load_state_dict(plain.state_dict())
+    x = (torch.rand(8, 1, 28, 28) * 2 - 1).requires_grad_(True)
+    (g_plain,) = torch.autograd.grad(plain.energy(x).sum(), x)
+    (g_fast,) = torch.autograd.grad(fast.energy(x).sum(), x)
+    torch.testing.assert_close(g_fast, g_plain, rtol=1e-4, atol=1e-6)

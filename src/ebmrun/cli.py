@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import hydra
+import hydra.utils
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
@@ -99,6 +100,17 @@ def _first_of_sweeps(overrides: list[str]) -> list[str]:
     return out
 
 
+NEEDS_CKPT = "task=sample needs a checkpoint (fix: ckpt=<run dir or last.pt>)"
+
+
+def needs_checkpoint(cfg: DictConfig) -> bool:
+    """Whether ``task=sample`` needs a trained checkpoint: ``False`` when the model's
+    objective says so (fixed energies, e.g. ``model=analytic``), which then builds the model
+    from the config. Call after :func:`validate_config` (the target must import)."""
+    objective = hydra.utils.get_object(cfg.model.objective._target_)
+    return bool(getattr(objective, "needs_checkpoint", True))
+
+
 def preflight(argv: list[str]) -> list[str]:
     """Compose and check the run; returns extra Hydra overrides (run dir for resume/sample)."""
     flags, overrides = _split(argv)
@@ -116,7 +128,10 @@ def preflight(argv: list[str]) -> list[str]:
         return [] if multirun else [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
     if cfg.task == "sample":
         if not cfg.ckpt:
-            raise UserError("task=sample needs a checkpoint (fix: ckpt=<run dir or last.pt>)")
+            validate_config(cfg)
+            if needs_checkpoint(cfg):
+                raise UserError(NEEDS_CKPT)
+            return []
         saved = load_checkpoint(cfg.ckpt)["config"]
         pattern = RUN_DIR_PATTERN.format(task="sample", model=saved["model"]["name"],
                                          dataset=saved["dataset"].get("name", "data"))
@@ -138,11 +153,13 @@ def _run_train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
 
 
 def _run_sample(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
-    if not cfg.ckpt:
-        raise UserError("task=sample needs a checkpoint (fix: ckpt=<run dir or last.pt>)")
-    ckpt = load_checkpoint(cfg.ckpt)
-    cfg = merge_overrides(ckpt["config"], cfg, overrides)
+    ckpt = None
+    if cfg.ckpt:
+        ckpt = load_checkpoint(cfg.ckpt)
+        cfg = merge_overrides(ckpt["config"], cfg, overrides)
     validate_config(cfg)
+    if ckpt is None and needs_checkpoint(cfg):
+        raise UserError(NEEDS_CKPT)
     atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
     metrics = sample(cfg, run_dir, ckpt)
     print(f"samples written to {run_dir}")

@@ -4,7 +4,9 @@ Every model family writes the same files into the run dir:
 - ``samples.pt``: float32 tensor ``(N, *item_shape)`` in the training data's value range;
 - ``samples.png``: a grid of the first 100 samples (images), or a 2-D histogram (points);
 - ``chain.png``: sampler snapshots, one row per snapshot (images, when the sampler ran);
-- ``metrics.json`` and TensorBoard events with the sampler's statistics.
+- ``trajectories.png``: the paths of the first chains over the sample histogram (points);
+- ``metrics.json`` and TensorBoard events with the sampler's statistics (summary scalars,
+  and the per-step traces of the first batch as ``sampler/<name>`` curves over the steps).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from torch import Tensor
 from torchvision.utils import save_image
 
 from ebmrun.checkpoint import atomic_torch_save, atomic_write_bytes, atomic_write_json
-from ebmrun.logging import RunLogger
+from ebmrun.logging import RunLogger, plots2d
 from ebmrun.logging.run_logger import image_grid
 from ebmrun.objectives.base import DataInfo
 
@@ -39,8 +41,11 @@ def points_image(points: Tensor, box: tuple[float, float], bins: int = 200) -> T
 
 
 def write_samples(run_dir: Path, samples: Tensor, chain: list[Tensor], info: DataInfo,
-                  metrics: dict) -> None:
-    """Write samples.pt, the pictures, metrics.json and TensorBoard events atomically."""
+                  metrics: dict, traces: dict[str, Tensor] | None = None) -> None:
+    """Write samples.pt, the pictures, metrics.json and TensorBoard events atomically.
+
+    ``traces``: per-step sampler diagnostics (1-D tensors, e.g. ``energy``, ``acceptance``).
+    """
     run_dir = Path(run_dir)
     atomic_torch_save(samples, run_dir / "samples.pt")
     logger = RunLogger(run_dir)
@@ -55,7 +60,15 @@ def write_samples(run_dir: Path, samples: Tensor, chain: list[Tensor], info: Dat
     else:
         grid = points_image(samples[:, :2], info.box)
         logger.writer.add_image("samples", grid, 0)
+        if len(chain) > 1:
+            paths = plots2d.trajectory_image(
+                chain, info.box, background=plots2d.histogram_values(samples, info.box))
+            atomic_write_bytes(run_dir / "trajectories.png", png_bytes(paths))
+            logger.writer.add_image("sampling_trajectories", paths, 0)
     atomic_write_bytes(run_dir / "samples.png", png_bytes(grid))
     logger.scalars({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, 0)
+    for name, trace in (traces or {}).items():
+        for t, value in enumerate(trace.tolist()):
+            logger.writer.add_scalar(f"sampler/{name}", value, t + 1)
     logger.close()
     atomic_write_json(metrics, run_dir / "metrics.json")

@@ -89,13 +89,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
                 epoch = batches.epoch
                 for scheduler in schedulers:
                     scheduler.step()
-            out = objective.training_step(x)
-            if not objective.manual_optimization:
-                optimizers[0].zero_grad(set_to_none=True)
-                out["loss"].backward()
-                if cfg.trainer.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
-                optimizers[0].step()
+            out = training_step(objective, optimizers, x, cfg.trainer.grad_clip)
             step += 1
             images_seen += x.shape[0]
             for key, value in out.items():
@@ -135,6 +129,20 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
     logger.close()
     atomic_write_json(metrics, run_dir / "metrics.json")
     return metrics
+
+
+def training_step(objective, optimizers: list[torch.optim.Optimizer], x: torch.Tensor,
+                  grad_clip: float | None) -> dict[str, torch.Tensor]:
+    """One optimisation step on batch ``x``: the objective's loss, backward, clip, update
+    (objectives with ``manual_optimization`` step their own optimizers)."""
+    out = objective.training_step(x)
+    if not objective.manual_optimization:
+        optimizers[0].zero_grad(set_to_none=True)
+        out["loss"].backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(objective.model.parameters(), grad_clip)
+        optimizers[0].step()
+    return out
 
 
 def _check_finite(out: dict, step: int, run_dir: Path) -> None:
@@ -205,33 +213,41 @@ def _hparams(cfg: DictConfig) -> dict:
             "sampler_steps": int(cfg.sampler.get("steps", 0) or 0)}
 
 
-def sample(cfg: DictConfig, run_dir: Path, ckpt: dict) -> dict:
-    """Draw ``cfg.sample.n`` samples from a trained model; writes samples.pt/png, metrics."""
-    info = DataInfo(**{k: tuple(v) for k, v in ckpt["data_info"].items()})
+def sample(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict:
+    """Draw ``cfg.sample.n`` samples from a trained model; writes samples.pt/png, metrics.
+
+    ``ckpt=None``: a model that needs no training (e.g. ``model=analytic``), built from
+    ``cfg`` with the configured dataset's shape and box.
+    """
+    info = (DataInfo(**{k: tuple(v) for k, v in ckpt["data_info"].items()})
+            if ckpt is not None else data_info_of(load_data(cfg)))
     parts = build_components(cfg, info)
-    load_model_state(parts.model, ckpt)
+    if ckpt is not None:
+        load_model_state(parts.model, ckpt)
     parts.model.eval()
     generator = torch.Generator(device=parts.device).manual_seed(cfg.seed)
     snapshot_every = cfg.sample.snapshot_every
-    chunks, chain, stats = [], [], defaultdict(list)
+    chunks, chain, stats, traces = [], [], defaultdict(list), {}
     remaining = cfg.sample.n
     with tqdm(total=cfg.sample.n, desc=f"sample {cfg.model.name}", dynamic_ncols=True) as bar:
         while remaining > 0:
             n = min(remaining, cfg.sample.batch_size)
             every = snapshot_every if snapshot_every is not None else 0
-            if not chunks and every == 0 and info.is_image:
-                every = max((cfg.sample.steps or 64) // 8, 1)
+            if not chunks and every == 0:  # points: every step, for smooth trajectories
+                every = max((cfg.sample.steps or 64) // 8, 1) if info.is_image else 1
             result = parts.objective.generate(n, steps=cfg.sample.steps, generator=generator,
                                               snapshot_every=every)
             chunks.append(result.x.float().cpu())
             chain = chain or result.chain
+            traces = traces or {k: v for k, v in result.stats.items() if torch.is_tensor(v)}
             for key, value in result.summary().items():
                 stats[key].append(value)
             remaining -= n
             bar.update(n)
     samples = torch.cat(chunks)
     metrics = {"task": "sample", "model": cfg.model.name, "n": len(samples),
-               "checkpoint": ckpt["path"], "checkpoint_step": ckpt["step"],
+               "checkpoint": ckpt["path"] if ckpt else None,
+               "checkpoint_step": ckpt["step"] if ckpt else 0,
                **{f"sampler/{k}": sum(v) / len(v) for k, v in stats.items()}}
-    write_samples(run_dir, samples, chain, info, metrics)
+    write_samples(run_dir, samples, chain, info, metrics, traces)
     return metrics

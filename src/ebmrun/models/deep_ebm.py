@@ -12,23 +12,31 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ebmrun.models.polyphase_conv import PolyphaseConv2d
+
 
 def _maybe_sn(layer: nn.Module, spectral_norm: bool) -> nn.Module:
     return nn.utils.parametrizations.spectral_norm(layer) if spectral_norm else layer
 
 
 def conv_energy_body(in_channels: int, image_hw: tuple[int, int], channels: Sequence[int],
-                     hidden: int, spectral_norm: bool) -> nn.Sequential:
+                     hidden: int, spectral_norm: bool, polyphase_first_conv: bool = True
+                     ) -> nn.Sequential:
     """The tutorial CNN: Conv(k5,s2,p4) then Conv(k3,s2,p1) layers, Flatten, Linear, Linear.
 
     Maps ``(B, C, H, W) -> (B, 1)``. The first conv's large padding keeps border strokes.
+    ``polyphase_first_conv`` computes that layer's input gradient the fast way (same math,
+    same parameters; see :mod:`ebmrun.models.polyphase_conv`).
     """
     layers: list[nn.Module] = []
     c_in = in_channels
     for i, c_out in enumerate(channels):
-        kernel, pad = (5, 4) if i == 0 else (3, 1)
-        layers += [_maybe_sn(nn.Conv2d(c_in, c_out, kernel, stride=2, padding=pad), spectral_norm),
-                   nn.SiLU()]
+        if i == 0:
+            first = PolyphaseConv2d if polyphase_first_conv else _strided_conv
+            conv = first(c_in, c_out, 5, padding=4)
+        else:
+            conv = _strided_conv(c_in, c_out, 3, padding=1)
+        layers += [_maybe_sn(conv, spectral_norm), nn.SiLU()]
         c_in = c_out
     with torch.no_grad():  # flattened size depends on the image size: measure it once
         flat = nn.Sequential(*layers)(torch.zeros(1, in_channels, *image_hw)).numel()
@@ -36,6 +44,10 @@ def conv_energy_body(in_channels: int, image_hw: tuple[int, int], channels: Sequ
                _maybe_sn(nn.Linear(flat, hidden), spectral_norm), nn.SiLU(),
                _maybe_sn(nn.Linear(hidden, 1), spectral_norm)]
     return nn.Sequential(*layers)
+
+
+def _strided_conv(c_in: int, c_out: int, kernel: int, padding: int) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, kernel, stride=2, padding=padding)
 
 
 def mlp_energy_body(in_features: int, hidden: Sequence[int], spectral_norm: bool
@@ -59,17 +71,20 @@ class DeepEnergy(nn.Module):
         mlp_hidden: MLP widths for vectors.
         spectral_norm: wrap every layer in spectral normalisation (IGEBM-style stability).
         channels_last: keep conv activations in NHWC, which oneDNN runs faster on CPU.
+        polyphase_first_conv: faster input gradient of the first conv (identical result).
     """
 
     def __init__(self, item_shape: Sequence[int], conv_channels: Sequence[int] = (16, 32, 64, 64),
                  conv_hidden: int = 64, mlp_hidden: Sequence[int] = (128, 128, 128),
-                 spectral_norm: bool = False, channels_last: bool = False) -> None:
+                 spectral_norm: bool = False, channels_last: bool = False,
+                 polyphase_first_conv: bool = True) -> None:
         super().__init__()
         self.item_shape = tuple(int(s) for s in item_shape)
         self.is_image = len(self.item_shape) == 3
         if self.is_image:
             c, h, w = self.item_shape
-            self.body = conv_energy_body(c, (h, w), conv_channels, conv_hidden, spectral_norm)
+            self.body = conv_energy_body(c, (h, w), conv_channels, conv_hidden, spectral_norm,
+                                         polyphase_first_conv)
         elif len(self.item_shape) == 1:
             self.body = mlp_energy_body(self.item_shape[0], mlp_hidden, spectral_norm)
         else:

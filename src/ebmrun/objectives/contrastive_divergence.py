@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ebmrun.logging import plots2d
 from ebmrun.objectives.base import DataInfo, Objective
 from ebmrun.objectives.replay_buffer import ReplayBuffer
 from ebmrun.samplers.base import SampleResult, Sampler
@@ -47,9 +48,15 @@ class ContrastiveDivergence(Objective):
         self.buffer = ReplayBuffer(max(buffer_size, 1), data.item_shape, data.box, device,
                                    generator)
         self._last: dict[str, Tensor] = {}
+        # Recent real points (non-image data): the "target" panel of the 2-D pictures.
+        self._recent_data = torch.empty(0, *data.item_shape, device=device)
+
+    RECENT_POINTS = 8192
 
     def training_step(self, x: Tensor) -> dict[str, Tensor]:
         batch = x.shape[0]
+        if not self.data.is_image:
+            self._recent_data = torch.cat([x.detach(), self._recent_data])[: self.RECENT_POINTS]
         if self.data_noise_std > 0:
             x = x + self.data_noise_std * torch.randn(x.shape, device=x.device,
                                                       generator=self.generator)
@@ -91,13 +98,24 @@ class ContrastiveDivergence(Objective):
 
     def visuals(self, generator: torch.Generator) -> dict[str, Tensor]:
         if not self.data.is_image:
-            return {}
+            return self._visuals_2d(generator)
         slots = torch.randperm(len(self.buffer.data), generator=torch.Generator().manual_seed(0))
         fresh = self.generate(64, generator=generator, snapshot_every=max(self.sample_steps // 8, 1))
         # Chain film: one row per snapshot, 8 chains side by side.
         chain = torch.stack([snap[:8] for snap in fresh.chain]).flatten(0, 1)
         return {"buffer": self.buffer.data[slots[:64].to(self.buffer.data.device)],
                 "samples_from_noise": fresh.x, "langevin_chain": chain}
+
+    def _visuals_2d(self, generator: torch.Generator) -> dict[str, Tensor]:
+        """Left to right: data histogram, learned exp(−E), samples from noise, buffer."""
+        box, device = self.data.box, self.buffer.data.device
+        fresh = self.generate(2000, generator=generator)
+        panel = plots2d.side_by_side([
+            plots2d.histogram_image(self._recent_data, box),
+            plots2d.density_image(self.model.energy, box, item_shape=self.data.item_shape,
+                                  device=device),
+            plots2d.histogram_image(fresh.x, box), plots2d.histogram_image(self.buffer.data, box)])
+        return {"data_model_samples_buffer": plots2d.in_value_range(panel, self.data.value_range)}
 
     def histograms(self) -> dict[str, Tensor]:
         return dict(self._last)

@@ -1,6 +1,27 @@
-"""Samplers: one file per algorithm, all following :class:`ebmrun.samplers.base.Sampler`."""
+"""Samplers: one file per algorithm, all following :class:`ebmrun.samplers.base.Sampler`.
 
+Pick one with ``sampler=<name>`` (``conf/sampler/<name>.yaml``); :data:`SAMPLERS` maps the
+config names to the classes.
+"""
+
+from ebmrun.samplers.annealed_langevin import AnnealedLangevin
 from ebmrun.samplers.base import EnergyFn, Sampler, SampleResult, energy_and_grad
+from ebmrun.samplers.hmc import HMC
 from ebmrun.samplers.langevin import Langevin
+from ebmrun.samplers.mala import MALA
+from ebmrun.samplers.metropolis import MetropolisSampler, StepSizeAdapter
+from ebmrun.samplers.replica_exchange import ReplicaExchange
+from ebmrun.samplers.rw_metropolis import RandomWalkMetropolis
 
-__all__ = ["EnergyFn", "Sampler", "SampleResult", "energy_and_grad", "Langevin"]
+SAMPLERS: dict[str, type[Sampler]] = {
+    "langevin": Langevin,
+    "mala": MALA,
+    "hmc": HMC,
+    "rw_metropolis": RandomWalkMetropolis,
+    "annealed_langevin": AnnealedLangevin,
+    "replica_exchange": ReplicaExchange,
+}
+
+__all__ = ["EnergyFn", "Sampler", "SampleResult", "energy_and_grad", "Langevin", "MALA", "HMC",
+           "RandomWalkMetropolis", "AnnealedLangevin", "ReplicaExchange", "MetropolisSampler",
+           "StepSizeAdapter", "SAMPLERS"]

@@ -8,6 +8,7 @@ input gradients come from ``torch.autograd.grad`` with respect to ``x`` only.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -27,8 +28,10 @@ class SampleResult:
         x: final states, same shape as ``x0``.
         stats: diagnostics for people tuning the sampler. Per-step traces are 1-D tensors of
             length ``steps`` (``energy``: mean energy, ``grad_norm``: mean per-chain L2 norm of
-            the input gradient, ``acceptance``: mean acceptance rate); scalars are floats
-            (``step_size`` after adaptation, ``acceptance_rate`` overall).
+            the input gradient, ``acceptance``: mean acceptance rate, plus any extra per-step
+            stat a sampler reports, e.g. ``temperature``); scalars are floats (``step_size``
+            after adaptation, ``acceptance_rate`` overall, sampler-specific extras such as
+            ``swap_acceptance``).
         chain: snapshots ``[x_t]`` taken every ``snapshot_every`` steps (first and last
             included) when requested, else empty.
     """
@@ -59,14 +62,24 @@ def energy_and_grad(energy_fn: EnergyFn, x: Tensor, autocast_dtype: torch.dtype 
     parameter-gradient computation and leaves ``param.grad`` untouched; the caller's
     ``requires_grad`` flags and train/eval mode are never changed.
     """
-    autocast = (torch.autocast(x.device.type, dtype=autocast_dtype)
-                if autocast_dtype is not None else nullcontext())
+    autocast = _autocast(x, autocast_dtype)
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         with autocast:
             energy = energy_fn(x)
         (grad,) = torch.autograd.grad(energy.sum(), x)
     return energy.detach().float(), grad
+
+
+def energy_only(energy_fn: EnergyFn, x: Tensor, autocast_dtype: torch.dtype | None = None
+                ) -> Tensor:
+    """Energies ``(B,)`` without building a graph (gradient-free moves, diagnostics)."""
+    with torch.no_grad(), _autocast(x, autocast_dtype):
+        return energy_fn(x).detach().float()
+
+
+def _autocast(x: Tensor, dtype: torch.dtype | None):
+    return torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def parse_box(box: Sequence[float] | None) -> tuple[float, float] | None:
@@ -156,6 +169,9 @@ class Sampler(ABC):
     def _energy_and_grad(self, energy_fn: EnergyFn, x: Tensor) -> tuple[Tensor, Tensor]:
         return energy_and_grad(energy_fn, x, self.autocast_dtype)
 
+    def _energy(self, energy_fn: EnergyFn, x: Tensor) -> Tensor:
+        return energy_only(energy_fn, x, self.autocast_dtype)
+
 
 _AUTOCAST_DTYPES: dict[str | None, torch.dtype | None] = {
     None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -194,6 +210,27 @@ def reflect_into_box(x: Tensor, low: float, high: float) -> tuple[Tensor, Tensor
     odd = torch.remainder(folds, 2) == 1
     inside = torch.remainder(shifted, 2 * width)  # in [0, 2w): one period of the fold
     return low + width - (inside - width).abs(), odd
+
+
+def log_reflected_normal(y: Tensor, mean: Tensor, std: Tensor, low: float, high: float
+                         ) -> Tensor:
+    """Per-chain log density ``(B,)`` (up to a constant that depends only on ``std``) of
+    ``y = reflect_into_box(z)`` for ``z ~ N(mean, std² I)``; ``std`` broadcasts over ``y``.
+
+    The reflected point ``y`` has pre-images ``y + 2kW`` and ``2·low − y + 2kW`` (k ∈ ℤ,
+    W = high − low), so its density is the sum of the normal density over them. Terms are
+    kept for |k| ≤ K with K large enough that the dropped ones lie > 8 std away
+    (their share < e^-32).
+    """
+    width = high - low
+    # Every pre-image lies within width + |mean − low| of the mean, plus k shifts of 2W.
+    far = float(8.0 * std.max() + width + (mean - low).abs().max())
+    reach = math.ceil(far / (2 * width))
+    shifts = 2 * width * torch.arange(-reach, reach + 1, device=y.device, dtype=y.dtype)
+    shifts = shifts.reshape(-1, *([1] * y.dim()))  # (2K+1, 1, ..., 1)
+    pre_images = torch.cat([y + shifts, 2 * low - y + shifts])  # (2(2K+1), B, ...)
+    log_terms = -0.5 * ((pre_images - mean) / std).float() ** 2
+    return torch.logsumexp(log_terms, dim=0).flatten(1).sum(1)
 
 
 def in_box(x: Tensor, box: tuple[float, float] | None) -> Tensor:

@@ -1,0 +1,73 @@
+"""No training: for models whose energy is given in closed form (``model=analytic``).
+
+The runner still works end to end: ``train`` logs the data's mean energy under the model
+and the usual pictures (density, samples, chain paths) with no parameter ever changing, and
+``task=sample`` needs no checkpoint (:attr:`NoTraining.needs_checkpoint` is ``False``): the
+model is built from the config, e.g.
+
+    ebmrun model=analytic dataset=toy2d task=sample sampler=replica_exchange
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ebmrun.logging import plots2d
+from ebmrun.objectives.base import DataInfo, Objective
+from ebmrun.samplers.base import SampleResult, Sampler
+
+
+class NoTraining(Objective):
+    """Samples a fixed energy; the loss is a constant zero.
+
+    Args:
+        model: module with ``energy(x) -> (B,)`` and no trainable parameters needed.
+        sampler: draws samples from chains started uniformly in the data box.
+        sample_steps: default sampler steps for ``generate`` (pictures, ``task=sample``).
+    """
+
+    needs_checkpoint = False  # task=sample builds the model from the config instead
+
+    def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,
+                 generator: torch.Generator, sample_steps: int = 500) -> None:
+        super().__init__(model, data, generator)
+        if sample_steps < 0:
+            raise ValueError(f"sample_steps must be >= 0, got {sample_steps}")
+        self.sampler = sampler
+        self.sample_steps = int(sample_steps)
+        self.device = next(model.parameters()).device
+
+    def training_step(self, x: Tensor) -> dict[str, Tensor]:
+        with torch.no_grad():
+            energy = self.model.energy(x).mean()
+        # A leaf that requires grad: the runner's backward/optimizer step are no-ops.
+        zero = torch.zeros((), device=x.device, requires_grad=True)
+        return {"loss": zero, "energy_data": energy}
+
+    def noise(self, n: int, generator: torch.Generator) -> Tensor:
+        """Uniform starts ``(n, *item_shape)`` in the sampling box."""
+        low, high = self.data.box
+        return (torch.rand(n, *self.data.item_shape, device=self.device, generator=generator)
+                * (high - low) + low)
+
+    def generate(self, n: int, *, steps: int | None = None, generator: torch.Generator,
+                 snapshot_every: int = 0) -> SampleResult:
+        """``n`` samples from chains started uniformly in the box."""
+        steps = self.sample_steps if steps is None else steps
+        return self.sampler.sample(self.model.energy, self.noise(n, generator), steps=steps,
+                                   generator=generator, snapshot_every=snapshot_every)
+
+    def visuals(self, generator: torch.Generator) -> dict[str, Tensor]:
+        if self.data.is_image:
+            return {"samples": self.generate(64, generator=generator).x}
+        box = self.data.box
+        fresh = self.generate(2000, generator=generator,
+                              snapshot_every=max(self.sample_steps // 50, 1))
+        target = plots2d.density_values(self.model.energy, box, item_shape=self.data.item_shape,
+                                        temperature=self.sampler.temperature, device=self.device)
+        panel = plots2d.side_by_side([
+            plots2d.colorize(target), plots2d.histogram_image(fresh.x, box),
+            plots2d.trajectory_image(fresh.chain, box, res=128, background=target)])
+        # Left to right: exp(-E/T), samples, chain paths over the density.
+        return {"density_samples_paths": plots2d.in_value_range(panel, self.data.value_range)}

@@ -1,0 +1,70 @@
+"""Metropolis-adjusted Langevin algorithm (MALA).
+
+Proposal (one Langevin step for the target p(x) ∝ exp(-E(x)/T)):
+
+    y = x − ε ∇E(x)/T + √(2ε) η,   η ~ N(0, I)
+    log q(y|x) = −‖y − x + ε ∇E(x)/T‖² / (4ε) + const
+
+accepted with probability min(1, exp(−(E(y) − E(x))/T) · q(x|y) / q(y|x)). Unlike
+unadjusted Langevin the chain is exact for any ε; ε only sets speed. The optimal acceptance
+in high dimension is ≈ 0.574 (Roberts & Rosenthal 1998), the default adaptation target.
+
+Box: ``reflect`` (default) folds the proposal back into the box by mirror reflection and
+uses the exact density of the reflected Gaussian (a sum over mirror images, see
+:func:`ebmrun.samplers.base.log_reflected_normal`) in the MH ratio, so the chain stays exact
+for the box-truncated target — and keeps moving when many coordinates sit at a wall (image
+backgrounds at −1), where ``reject`` would refuse nearly every proposal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ebmrun.samplers.base import (EnergyFn, gaussian_like, log_reflected_normal, per_chain_sum,
+                                  reflect_into_box)
+from ebmrun.samplers.metropolis import MetropolisSampler
+
+
+class MALA(MetropolisSampler):
+    """MALA, batched (one chain per row) for any tensor shape.
+
+    Args:
+        step_size: initial ε (the drift is ε·∇E/T, the noise std √(2ε)).
+        adapt: ``per_chain`` | ``shared`` | ``none``; ``target_accept`` defaults to 0.574.
+        adapt_steps: warm-up steps of Robbins–Monro adaptation of log ε.
+        box_mode: ``reflect`` | ``reject`` (see the module docstring).
+        steps, temperature, box, autocast: see :class:`ebmrun.samplers.base.Sampler`.
+    """
+
+    box_modes = ("reflect", "reject")
+
+    def __init__(self, step_size: float = 0.01, adapt: str = "per_chain",
+                 target_accept: float = 0.574, adapt_steps: int = 100,
+                 box_mode: str = "reflect", steps: int = 100, temperature: float = 1.0,
+                 box: Sequence[float] | None = None, autocast: str | None = None) -> None:
+        super().__init__(step_size=step_size, target_accept=target_accept, adapt=adapt,
+                         adapt_steps=adapt_steps, box_mode=box_mode, steps=steps,
+                         temperature=temperature, box=box, autocast=autocast)
+
+    def propose(self, energy_fn: EnergyFn, x: Tensor, state: dict, step: Tensor,
+                generator: torch.Generator | None
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        temperature, std = self.temperature, (2.0 * step).sqrt()
+        mean_x = x - step * state["grad"] / temperature
+        noise = gaussian_like(x, generator)
+        y = mean_x + std * noise
+        reflect = self.box is not None and self.box_mode == "reflect"
+        if reflect:
+            y, _ = reflect_into_box(y, *self.box)
+        energy_y, grad_y = self._energy_and_grad(energy_fn, y)
+        mean_y = y - step * grad_y / temperature
+        if reflect:  # q sums the Gaussian over y's mirror images
+            log_q_forward = log_reflected_normal(y, mean_x, std, *self.box)
+            log_q_backward = log_reflected_normal(x, mean_y, std, *self.box)
+        else:  # y − mean(x) = √(2ε)·η, so the forward quadratic form is ‖η‖²/2 exactly
+            log_q_forward = -0.5 * per_chain_sum(noise.float() ** 2)
+            log_q_backward = -0.5 * per_chain_sum(((x - mean_y) / std).float() ** 2)
+        return y, energy_y, grad_y, log_q_backward - log_q_forward

@@ -1,0 +1,167 @@
+"""Shared machinery of the Metropolis–Hastings samplers (MALA, HMC, random-walk Metropolis).
+
+A subclass only proposes: :meth:`MetropolisSampler.propose` returns the proposal ``y``, its
+energy (and input gradient), and the log proposal-correction term. This base class does the
+rest for every chain at once: the accept/reject test for the target
+``p(x) ∝ exp(-E(x)/T)``, the box, the cache of energies/gradients at the current states,
+per-chain or shared step sizes, and their Robbins–Monro adaptation during warm-up.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ebmrun.samplers.base import (EnergyFn, Sampler, in_box, per_chain_norm,
+                                  per_chain_view)
+
+# How acceptance probabilities (B,) are pooled before the update: one step size per chain,
+# or one shared by all chains (the batch mean).
+_POOL: dict[str, Callable[[Tensor], Tensor]] = {
+    "per_chain": lambda a: a,
+    "shared": lambda a: a.mean().expand_as(a),
+}
+ADAPT_MODES = ("per_chain", "shared", "none")
+
+
+@dataclass(frozen=True)
+class StepSizeAdapter:
+    """Robbins–Monro on the log step size toward a target acceptance probability.
+
+        log ε ← log ε + γ_t (α − α*),   γ_t = gain · (t + 1)^(−decay)
+
+    Acceptance above target grows ε, below target shrinks it; the decaying gain
+    (Σγ = ∞, Σγ² < ∞ for 0.5 < decay ≤ 1) makes ε converge instead of jittering. It runs
+    only while ``t < steps`` (warm-up), so the chain after warm-up is a fixed Markov kernel
+    and its samples are exact.
+
+    Args:
+        mode: ``per_chain`` (each batch row its own ε, from its own acceptance),
+            ``shared`` (one ε from the batch-mean acceptance) or ``none``.
+        target: α*, e.g. 0.574 (MALA), 0.65 (HMC), 0.234 (random walk).
+        steps: warm-up length.
+    """
+
+    mode: str
+    target: float
+    steps: int
+    gain: float = 1.0
+    decay: float = 0.6
+
+    def __post_init__(self) -> None:
+        if self.mode not in ADAPT_MODES:
+            raise ValueError(f"adapt must be one of {', '.join(ADAPT_MODES)}, got {self.mode!r}")
+        if not 0.0 < self.target < 1.0:
+            raise ValueError(f"target_accept must be in (0, 1), got {self.target}")
+        if self.steps < 0:
+            raise ValueError(f"adapt_steps must be >= 0, got {self.steps}")
+
+    def update(self, log_step: Tensor, accept_prob: Tensor, t: int) -> Tensor:
+        """New log step sizes ``(B,)`` after step ``t`` with acceptance probabilities ``(B,)``."""
+        pool = _POOL.get(self.mode)
+        if pool is None or t >= self.steps:
+            return log_step
+        gain = self.gain * (t + 1.0) ** -self.decay
+        return log_step + gain * (pool(accept_prob.float()) - self.target)
+
+
+class MetropolisSampler(Sampler):
+    """Base of the MH samplers: batched accept/reject, box, step sizes, adaptation, stats.
+
+    State per run: ``energy`` ``(B,)`` and ``grad`` (shape of ``x``, or ``None`` for
+    samplers that need no gradient) at the current states, and ``log_step`` ``(B,)``.
+
+    Box handling: a proposal with any coordinate outside the box is rejected (its target
+    density is zero), which is exact for the box-truncated target. Samplers whose
+    ``box_modes`` include ``"reflect"`` may instead fold proposals back in by reflection.
+
+    Args:
+        step_size: initial ε (a proposal scale; its meaning is the subclass's).
+        target_accept: acceptance probability the adaptation aims for.
+        adapt: ``per_chain`` | ``shared`` | ``none``.
+        adapt_steps: warm-up steps during which ε adapts (the first ``adapt_steps`` steps of
+            every ``sample`` call; each call starts again from ``step_size``, so the same
+            seed gives the same chains).
+        box_mode: ``reject`` or, where supported, ``reflect``.
+        steps, temperature, box, autocast: see :class:`Sampler`.
+    """
+
+    box_modes: tuple[str, ...] = ("reject",)
+
+    def __init__(self, step_size: float, target_accept: float, adapt: str = "per_chain",
+                 adapt_steps: int = 100, box_mode: str = "reject", steps: int = 100,
+                 temperature: float = 1.0, box: Sequence[float] | None = None,
+                 autocast: str | None = None) -> None:
+        super().__init__(steps=steps, temperature=temperature, box=box, autocast=autocast)
+        if step_size <= 0:
+            raise ValueError(f"step_size must be > 0, got {step_size}")
+        if box_mode not in self.box_modes:
+            raise ValueError(f"box_mode must be one of {', '.join(self.box_modes)} for "
+                             f"{type(self).__name__}, got {box_mode!r}")
+        self.step_size = float(step_size)
+        self.box_mode = box_mode
+        self.adapter = StepSizeAdapter(adapt, float(target_accept), int(adapt_steps))
+
+    # ----------------------------------------------------------------- subclass hooks
+    def evaluate(self, energy_fn: EnergyFn, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Energy ``(B,)`` and input gradient at ``x``; gradient-free samplers may override
+        this to skip the backward pass."""
+        return self._energy_and_grad(energy_fn, x)
+
+    def propose(self, energy_fn: EnergyFn, x: Tensor, state: dict, step: Tensor,
+                generator: torch.Generator | None
+                ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+        """Proposal for every chain.
+
+        Args:
+            x: current states ``(B, ...)``; ``state`` holds their ``energy`` and ``grad``.
+            step: per-chain step sizes shaped ``(B, 1, ..., 1)``.
+
+        Returns:
+            ``y`` (shape of ``x``), ``E(y)`` ``(B,)``, ``∇E(y)`` (or ``None``) and the log
+            correction ``(B,)`` added to ``-(E(y) - E(x)) / T`` in the acceptance ratio
+            (``log q(x|y) - log q(y|x)``; kinetic-energy change for HMC).
+        """
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- the shared step
+    def init_state(self, energy_fn: EnergyFn, x: Tensor, generator: torch.Generator | None
+                   ) -> dict:
+        log_step = torch.full((x.shape[0],), math.log(self.step_size), device=x.device)
+        return self.refresh_state(energy_fn, x, {"log_step": log_step})
+
+    def refresh_state(self, energy_fn: EnergyFn, x: Tensor, state: dict) -> dict:
+        state["energy"], state["grad"] = self.evaluate(energy_fn, x)
+        return state
+
+    def step(self, energy_fn: EnergyFn, x: Tensor, state: dict,
+             generator: torch.Generator | None) -> tuple[Tensor, dict, dict[str, Tensor]]:
+        step = per_chain_view(state["log_step"].exp(), x).to(x.dtype)
+        y, energy_y, grad_y, log_correction = self.propose(energy_fn, x, state, step, generator)
+        log_alpha = -(energy_y - state["energy"]) / self.temperature + log_correction
+        # Outside the box the truncated target is zero; NaN/inf energies never get accepted.
+        log_alpha = torch.where(in_box(y, self.box), log_alpha, -math.inf)
+        log_alpha = torch.nan_to_num(log_alpha, nan=-math.inf, posinf=-math.inf)
+        accept_prob = log_alpha.clamp(max=0.0).exp()
+        uniform = torch.rand(accept_prob.shape, device=x.device, generator=generator)
+        accept = uniform < accept_prob
+        x = torch.where(per_chain_view(accept, x), y, x)
+        state["energy"] = torch.where(accept, energy_y, state["energy"])
+        if grad_y is not None:
+            state["grad"] = torch.where(per_chain_view(accept, y), grad_y, state["grad"])
+        state["log_step"] = self.adapter.update(state["log_step"], accept_prob, state["t"])
+        grad = state["grad"]
+        grad_norm = per_chain_norm(grad).mean() if grad is not None else torch.tensor(math.nan)
+        return x, state, {"energy": state["energy"].mean(), "grad_norm": grad_norm,
+                          "acceptance": accept_prob.mean(),
+                          "step_size_trace": state["log_step"].exp().mean()}
+
+    def final_stats(self, state: dict) -> dict[str, float]:
+        """Mean, min and max per-chain step size after the run (equal when shared)."""
+        steps = state["log_step"].exp()
+        return {"step_size": float(steps.mean()), "step_size_min": float(steps.min()),
+                "step_size_max": float(steps.max())}

@@ -1,0 +1,102 @@
+"""2-D pictures (pure torch), analytic models end to end, and the toy2d recipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ebmrun.build import build_components, validate_config
+from ebmrun.logging import plots2d
+from ebmrun.logging.run_logger import image_grid
+from ebmrun.objectives.base import DataInfo
+from ebmrun.run import train
+
+from conftest import TINY, compose_config, run_cli
+
+BOX = (-4.0, 4.0)
+
+
+def _brightest(image: torch.Tensor) -> tuple[int, int]:
+    """Row and column of the brightest pixel of a ``(3, H, W)`` viridis image."""
+    flat = image.sum(0).flatten().argmax()
+    return int(flat // image.shape[2]), int(flat % image.shape[2])
+
+
+def test_colormap_ends_and_grid_orientation() -> None:
+    rgb = plots2d.colorize(torch.tensor([[0.0, 1.0]]))
+    assert rgb.shape == (3, 1, 2) and rgb.min() >= 0 and rgb.max() <= 1
+    assert rgb[:, 0, 1].sum() > rgb[:, 0, 0].sum()  # dense = bright
+    points = plots2d.grid_points(BOX, 4)
+    assert points[0].tolist() == [-3.0, 3.0] and points[-1].tolist() == [3.0, -3.0]
+
+
+def test_density_and_histogram_put_mass_where_it_is() -> None:
+    """A blob at (+3, +3) lands top right in both pictures; (−3, −3) bottom left."""
+    def energy(x: torch.Tensor) -> torch.Tensor:
+        return 2 * (x - torch.tensor([3.0, 3.0])).pow(2).sum(1)
+
+    density = plots2d.density_image(energy, BOX, res=64)
+    row, col = _brightest(density)
+    assert density.shape == (3, 64, 64) and row < 16 and col > 48
+    points = torch.randn(500, 2) * 0.2 + torch.tensor([-3.0, -3.0])
+    row, col = _brightest(plots2d.histogram_image(points, BOX, res=64))
+    assert row > 48 and col < 16
+    # Items with more values than (x0, x1) are evaluated at (x0, x1, 0, ...).
+    wide = plots2d.density_values(lambda x: energy(x.flatten(1)[:, :2]) + x.flatten(1)[:, 2:]
+                                  .sum(1), BOX, res=8, item_shape=(1, 2, 2))
+    assert wide.shape == (8, 8) and float(wide.max()) == 1.0
+
+
+def test_trajectories_panels_and_value_range() -> None:
+    chain = [torch.tensor([[-3.0, -3.0]]), torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 3.0]])]
+    paths = plots2d.trajectory_image(chain, BOX, res=32, background=torch.zeros(16, 16))
+    assert paths.shape == (3, 32, 32)
+    assert (paths[:, 14:18, 14:18] < 0.9).any(), "the path through the centre is drawn"
+    assert paths[:, 0, 16].tolist() == [1.0, 1.0, 1.0], "untouched pixels stay white"
+    panel = plots2d.side_by_side([paths, torch.zeros(3, 16, 16)], pad=2)
+    assert panel.shape == (3, 32, 66)
+    batch = plots2d.in_value_range(panel, (-4.5, 4.5))
+    assert torch.allclose(image_grid(batch, (-4.5, 4.5), nrow=1), panel, atol=1e-6)
+
+
+def test_contrastive_divergence_draws_the_2d_landscape() -> None:
+    cfg = compose_config(["dataset=toy2d", *TINY])
+    parts = build_components(cfg, DataInfo((2,), BOX, BOX))
+    parts.objective.training_step(torch.randn(16, 2))
+    pictures = parts.objective.visuals(torch.Generator().manual_seed(0))
+    (image,) = pictures.values()
+    assert image.shape[:2] == (1, 3) and image.shape[3] > 3 * image.shape[2]  # 4 panels
+    assert image.min() >= BOX[0] and image.max() <= BOX[1]
+
+
+def test_analytic_model_trains_nothing_and_logs_pictures(tmp_path: Path) -> None:
+    cfg = compose_config(["model=analytic", "dataset=toy2d", *[o for o in TINY if "buffer" not
+                                                               in o]])
+    validate_config(cfg)
+    metrics = train(cfg, tmp_path)
+    assert metrics["loss"] == 0.0 and metrics["energy_data"] > 0
+    assert any(p.name.startswith("events") for p in tmp_path.iterdir())
+
+
+def test_sample_an_analytic_model_without_checkpoint(tmp_path: Path) -> None:
+    proc = run_cli(["model=analytic", "dataset=toy2d", "task=sample", "device=cpu",
+                    "sampler=mala", "sample.n=64", "sample.steps=30"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = (tmp_path / "outputs" / "sample" / "analytic-8gaussians").iterdir()
+    for name in ("samples.pt", "samples.png", "trajectories.png", "metrics.json"):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["checkpoint"] is None and 0 < metrics["sampler/acceptance_rate"] <= 1
+    assert torch.load(run_dir / "samples.pt").shape == (64, 2)
+
+
+@pytest.mark.parametrize("density", ["gaussian", "double_well", "mixture"])
+def test_every_analytic_density_samples(density: str) -> None:
+    cfg = compose_config(["model=analytic", f"model.net.density={density}", "sampler=hmc",
+                          "device=cpu"])
+    parts = build_components(cfg, DataInfo((2,), BOX, BOX))
+    result = parts.objective.generate(16, steps=5, generator=torch.Generator().manual_seed(0))
+    assert result.x.shape == (16, 2) and torch.isfinite(result.x).all()
