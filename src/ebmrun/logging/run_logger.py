@@ -33,7 +33,8 @@ class RunLogger:
 
     def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
         self.log_dir = Path(log_dir)
-        self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
+        self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step,
+                                    flush_secs=30)
 
     def scalars(self, values: Mapping[str, float | Tensor], step: int, prefix: str = "") -> None:
         for name, value in values.items():
