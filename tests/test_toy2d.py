@@ -100,3 +100,11 @@ def test_every_analytic_density_samples(density: str) -> None:
     parts = build_components(cfg, DataInfo((2,), BOX, BOX))
     result = parts.objective.generate(16, steps=5, generator=torch.Generator().manual_seed(0))
     assert result.x.shape == (16, 2) and torch.isfinite(result.x).all()
+
+
+def test_toy2d_experiment_runs_end_to_end(tmp_path: Path) -> None:
+    cfg = compose_config(["experiment=deep_ebm_toy2d", *TINY])
+    validate_config(cfg)
+    metrics = train(cfg, tmp_path)
+    assert cfg.sampler.noise_std is None and cfg.dataset.name == "8gaussians"
+    assert metrics["steps"] == 4 and 0 < metrics["sampler/acceptance_rate"] <= 1

@@ -78,6 +78,9 @@ class ContrastiveDivergence(Objective):
             "energy_sample": e_sample.mean().detach(),
             "energy_gap": (e_sample.mean() - e_data.mean()).detach(),
             "sampler/grad_norm": chains.stats["grad_norm"].mean(),
+            # Acceptance and (adapted) step size: constant for Langevin, telling for MH samplers.
+            **{f"sampler/{k}": chains.stats[k] for k in ("acceptance_rate", "step_size")
+               if k in chains.stats},
         }
 
     @torch.no_grad()

@@ -63,11 +63,11 @@ class NoTraining(Objective):
             return {"samples": self.generate(64, generator=generator).x}
         box = self.data.box
         fresh = self.generate(2000, generator=generator,
-                              snapshot_every=max(self.sample_steps // 50, 1))
+                              snapshot_every=max(self.sample_steps // 100, 1))
         target = plots2d.density_values(self.model.energy, box, item_shape=self.data.item_shape,
                                         temperature=self.sampler.temperature, device=self.device)
         panel = plots2d.side_by_side([
             plots2d.colorize(target), plots2d.histogram_image(fresh.x, box),
-            plots2d.trajectory_image(fresh.chain, box, res=128, background=target)])
+            plots2d.trajectory_image(fresh.chain, box, res=256, n_chains=4, background=target)])
         # Left to right: exp(-E/T), samples, chain paths over the density.
         return {"density_samples_paths": plots2d.in_value_range(panel, self.data.value_range)}

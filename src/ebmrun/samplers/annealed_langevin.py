@@ -63,6 +63,8 @@ class AnnealedLangevin(Sampler):
                  steps_per_sigma: int | None = None, grad_clip: float | None = None,
                  steps: int = 200, temperature: float = 1.0,
                  box: Sequence[float] | None = None, autocast: str | None = None) -> None:
+        if steps_per_sigma is not None and sigmas is None:
+            raise ValueError("steps_per_sigma needs sigmas (the noise levels)")
         if sigmas is not None and steps_per_sigma is not None:
             if steps_per_sigma < 1:
                 raise ValueError(f"steps_per_sigma must be >= 1, got {steps_per_sigma}")

@@ -62,7 +62,7 @@ def energy_and_grad(energy_fn: EnergyFn, x: Tensor, autocast_dtype: torch.dtype 
     parameter-gradient computation and leaves ``param.grad`` untouched; the caller's
     ``requires_grad`` flags and train/eval mode are never changed.
     """
-    autocast = _autocast(x, autocast_dtype)
+    autocast = autocast_context(x, autocast_dtype)
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         with autocast:
@@ -74,11 +74,12 @@ def energy_and_grad(energy_fn: EnergyFn, x: Tensor, autocast_dtype: torch.dtype 
 def energy_only(energy_fn: EnergyFn, x: Tensor, autocast_dtype: torch.dtype | None = None
                 ) -> Tensor:
     """Energies ``(B,)`` without building a graph (gradient-free moves, diagnostics)."""
-    with torch.no_grad(), _autocast(x, autocast_dtype):
+    with torch.no_grad(), autocast_context(x, autocast_dtype):
         return energy_fn(x).detach().float()
 
 
-def _autocast(x: Tensor, dtype: torch.dtype | None):
+def autocast_context(x: Tensor, dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype`` on ``x``'s device, or a no-op for ``None``."""
     return torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
@@ -127,8 +128,10 @@ class Sampler(ABC):
             state["t"] = t  # schedules and warm-up windows read the step index from here
             x, state, step_stats = self.step(energy_fn, x, state, generator)
             for name, value in step_stats.items():
-                # Extra per-step stats (temperature, step size, ...) become traces too.
-                traces.setdefault(name, torch.zeros(steps))[t] = value
+                trace = traces.get(name)
+                if trace is None:  # extra per-step stats (temperature, ...) become traces too
+                    trace = traces[name] = torch.zeros(steps)
+                trace[t] = value
             if snapshot_every > 0 and ((t + 1) % snapshot_every == 0 or t + 1 == steps):
                 chain.append(x.clone())
         stats: dict[str, Tensor | float] = dict(traces)
@@ -218,19 +221,19 @@ def log_reflected_normal(y: Tensor, mean: Tensor, std: Tensor, low: float, high:
     ``y = reflect_into_box(z)`` for ``z ~ N(mean, std² I)``; ``std`` broadcasts over ``y``.
 
     The reflected point ``y`` has pre-images ``y + 2kW`` and ``2·low − y + 2kW`` (k ∈ ℤ,
-    W = high − low), so its density is the sum of the normal density over them. Terms are
-    kept for |k| ≤ K with K large enough that the dropped ones lie > 8 std away
-    (their share < e^-32).
+    W = high − low), so its density is the sum of the normal density over them. Only the
+    shifts k that bring some pre-image within 8 std of its mean are kept (the dropped terms
+    weigh < e^-32 each); with the mean inside the box and std ≪ W these are the point itself
+    and its mirror images at the two walls.
     """
-    width = high - low
-    # Every pre-image lies within width + |mean − low| of the mean, plus k shifts of 2W.
-    far = float(8.0 * std.max() + width + (mean - low).abs().max())
-    reach = math.ceil(far / (2 * width))
-    shifts = 2 * width * torch.arange(-reach, reach + 1, device=y.device, dtype=y.dtype)
-    shifts = shifts.reshape(-1, *([1] * y.dim()))  # (2K+1, 1, ..., 1)
-    pre_images = torch.cat([y + shifts, 2 * low - y + shifts])  # (2(2K+1), B, ...)
-    log_terms = -0.5 * ((pre_images - mean) / std).float() ** 2
-    return torch.logsumexp(log_terms, dim=0).flatten(1).sum(1)
+    width, reach = high - low, 8.0 * float(std.max())
+    terms = []
+    # Family 1 (y + 2kW) and family 2 (2·low − y + 2kW): z − mean for k = 0 is `offset`.
+    for offset in (y - mean, 2 * low - y - mean):
+        lo, hi = float(offset.min()) - reach, float(offset.max()) + reach
+        for k in range(math.ceil(-hi / (2 * width)), math.floor(-lo / (2 * width)) + 1):
+            terms.append(-0.5 * ((offset + 2 * k * width) / std).float() ** 2)
+    return torch.logsumexp(torch.stack(terms), dim=0).flatten(1).sum(1)
 
 
 def in_box(x: Tensor, box: tuple[float, float] | None) -> Tensor:
