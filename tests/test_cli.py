@@ -35,7 +35,7 @@ def trained_run(workdir: Path) -> Path:
 
 def test_train_writes_the_run_dir_contract(trained_run: Path) -> None:
     assert trained_run.parent.name == "deep_ebm-mnist"
-    for name in ("last.pt", "metrics.json", "config.yaml"):
+    for name in ("last.pt", "metrics.json", "config.yaml", "samples.pt", "samples.png"):
         assert (trained_run / name).is_file(), name
     assert list(trained_run.glob("events.out.tfevents.*"))
     metrics = json.loads((trained_run / "metrics.json").read_text())

@@ -1,4 +1,4 @@
-"""The samples contract of ``task=sample``.
+"""The samples contract of ``task=sample`` (and of the end of every training run).
 
 Every model family writes the same files into the run dir:
 - ``samples.pt``: float32 tensor ``(N, *item_shape)`` in the training data's value range;
@@ -40,32 +40,41 @@ def points_image(points: Tensor, box: tuple[float, float], bins: int = 200) -> T
     return (1.0 - hist.T.flip(0)).unsqueeze(0)  # rows = y from top to bottom
 
 
-def write_samples(run_dir: Path, samples: Tensor, chain: list[Tensor], info: DataInfo,
-                  metrics: dict, traces: dict[str, Tensor] | None = None) -> None:
-    """Write samples.pt, the pictures, metrics.json and TensorBoard events atomically.
-
-    ``traces``: per-step sampler diagnostics (1-D tensors, e.g. ``energy``, ``acceptance``).
-    """
+def write_sample_files(run_dir: Path, samples: Tensor, chain: list[Tensor], info: DataInfo
+                       ) -> dict[str, Tensor]:
+    """Write samples.pt and the pictures atomically; returns the pictures (name -> image
+    ``(C, H, W)`` in [0, 1]) for the caller to log."""
     run_dir = Path(run_dir)
     atomic_torch_save(samples, run_dir / "samples.pt")
-    logger = RunLogger(run_dir)
+    pictures: dict[str, Tensor] = {}
     if info.is_image:
-        grid = image_grid(samples[:100], info.value_range, nrow=10)
-        logger.writer.add_image("samples", grid, 0)
+        pictures["samples"] = image_grid(samples[:100], info.value_range, nrow=10)
         if chain:
             film = torch.stack([snap[:10].float().cpu() for snap in chain]).flatten(0, 1)
-            chain_grid = image_grid(film, info.value_range, nrow=10)
-            atomic_write_bytes(run_dir / "chain.png", png_bytes(chain_grid))
-            logger.writer.add_image("sampling_chain", chain_grid, 0)
+            pictures["sampling_chain"] = image_grid(film, info.value_range, nrow=10)
+            atomic_write_bytes(run_dir / "chain.png", png_bytes(pictures["sampling_chain"]))
     else:
-        grid = points_image(samples[:, :2], info.box)
-        logger.writer.add_image("samples", grid, 0)
+        pictures["samples"] = points_image(samples[:, :2], info.box)
         if len(chain) > 1:
             paths = plots2d.trajectory_image(
                 chain, info.box, background=plots2d.histogram_values(samples, info.box))
             atomic_write_bytes(run_dir / "trajectories.png", png_bytes(paths))
-            logger.writer.add_image("sampling_trajectories", paths, 0)
-    atomic_write_bytes(run_dir / "samples.png", png_bytes(grid))
+            pictures["sampling_trajectories"] = paths
+    atomic_write_bytes(run_dir / "samples.png", png_bytes(pictures["samples"]))
+    return pictures
+
+
+def write_samples(run_dir: Path, samples: Tensor, chain: list[Tensor], info: DataInfo,
+                  metrics: dict, traces: dict[str, Tensor] | None = None) -> None:
+    """``task=sample`` output: the sample files, metrics.json and TensorBoard events.
+
+    ``traces``: per-step sampler diagnostics (1-D tensors, e.g. ``energy``, ``acceptance``).
+    """
+    run_dir = Path(run_dir)
+    pictures = write_sample_files(run_dir, samples, chain, info)
+    logger = RunLogger(run_dir)
+    for name, picture in pictures.items():
+        logger.writer.add_image(name, picture, 0)
     logger.scalars({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, 0)
     for name, trace in (traces or {}).items():
         for t, value in enumerate(trace.tolist()):

@@ -23,7 +23,7 @@ from ebmrun.checkpoint import atomic_write_json, save_checkpoint
 from ebmrun.errors import UserError
 from ebmrun.logging import RunLogger
 from ebmrun.objectives.base import DataInfo
-from ebmrun.outputs import write_samples
+from ebmrun.outputs import write_sample_files, write_samples
 
 
 class StopRequested:
@@ -120,6 +120,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
         logger.close()
         raise UserError(f"interrupted by signal {stop.signal} at step {step}; checkpoint saved "
                         f"(resume with: ebmrun resume={run_dir})")
+    _final_samples(objective, info, run_dir, logger, step, cfg.seed)
     metric_name = cfg.trainer.objective_metric
     if metric_name not in metrics:
         raise UserError(f"trainer.objective_metric={metric_name} is not among this run's "
@@ -165,6 +166,19 @@ def _log_pictures(objective, logger: RunLogger, data, x: torch.Tensor, step: int
     for name, values in objective.histograms().items():
         logger.histogram(name, values, step)
     logger.flush()
+
+
+@torch.no_grad()
+def _final_samples(objective, info: DataInfo, run_dir: Path, logger: RunLogger, step: int,
+                   seed: int, n: int = 100) -> None:
+    """samples.pt / samples.png (and chain.png) of the trained model, as ``task=sample``
+    with default settings would draw them, so every finished run shows its samples."""
+    generator = torch.Generator(device=objective.generator.device).manual_seed(seed)
+    result = objective.generate(n, generator=generator,
+                                snapshot_every=32 if info.is_image else 1)
+    pictures = write_sample_files(run_dir, result.x.float().cpu(), result.chain, info)
+    for name, picture in pictures.items():
+        logger.writer.add_image(f"final/{name}", picture, step)
 
 
 def _payload(cfg, info: DataInfo, parts, optimizers, schedulers, batches, step: int,
