@@ -1,0 +1,187 @@
+"""EBGAN: the pulling-away term, the margin hinge, the energy contract, a tiny end-to-end
+run, sampling with and without latent refinement, and the objective's saved state."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ebmrun.build import build_components, validate_config
+from ebmrun.checkpoint import load_checkpoint
+from ebmrun.models.ebgan import EBGAN, ToRange
+from ebmrun.objectives.base import DataInfo
+from ebmrun.objectives.ebgan import (EBGANObjective, margin_loss, pulling_away_term,
+                                     with_box)
+from ebmrun.run import train
+from ebmrun.samplers.langevin import Langevin
+
+from conftest import compose_config
+
+MNIST = DataInfo((1, 28, 28), (-1.0, 1.0), (-1.0, 1.0))
+TINY_EBGAN = ["model=ebgan", "device=cpu", "trainer.max_steps=4", "trainer.batch_size=16",
+              "trainer.log_every=2", "trainer.image_every=2", "trainer.ckpt_every=2",
+              "trainer.progress=false", "sampler.steps=3"]
+
+
+# ---- pulling-away term -------------------------------------------------------------------
+
+def test_pulling_away_term_matches_hand_computation() -> None:
+    # cos(s1, s2) = 1/√2, cos(s1, s3) = 0, cos(s2, s3) = 2/(√2·2) = 1/√2; squared: ½, 0, ½.
+    # Each unordered pair counts twice among the N(N−1) = 6 ordered pairs i ≠ j.
+    codes = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]])
+    expected = 2 * (0.5 + 0.0 + 0.5) / 6
+    assert pulling_away_term(codes).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_pulling_away_term_extremes() -> None:
+    assert pulling_away_term(torch.eye(5) * 3.0).item() == pytest.approx(0.0, abs=1e-7)
+    same = torch.tensor([0.3, -1.2, 2.0]).repeat(4, 1)
+    assert pulling_away_term(same).item() == pytest.approx(1.0, abs=1e-6)
+    # Antipodal codes are as collapsed as identical ones: the square keeps them from
+    # cancelling (the unsquared version scores this batch −1/3).
+    antipodal = torch.tensor([[1.0, 2.0], [-1.0, -2.0], [2.0, 4.0]])
+    assert pulling_away_term(antipodal).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_pulling_away_term_ignores_code_scale_and_batch_norms() -> None:
+    torch.manual_seed(0)
+    codes = torch.randn(16, 8)
+    scaled = codes * torch.rand(16, 1).add(0.1) * 100  # per-row scale: cosines unchanged
+    torch.testing.assert_close(pulling_away_term(scaled), pulling_away_term(codes))
+    assert 0.0 <= pulling_away_term(codes).item() <= 1.0
+
+
+# ---- margin hinge ------------------------------------------------------------------------
+
+def test_margin_hinge_only_fakes_inside_the_margin_count() -> None:
+    e_real = torch.tensor([0.1, 0.3], requires_grad=True)
+    e_fake = torch.tensor([1.5, 0.4, 1.0, 0.9], requires_grad=True)
+    loss, active = margin_loss(e_real, e_fake, margin=1.0)
+    # mean D(x) = 0.2; hinge terms [0, 0.6, 0, 0.1] -> mean 0.175
+    assert loss.item() == pytest.approx(0.2 + 0.175, abs=1e-6)
+    assert active.tolist() == [False, True, False, True]
+    loss.backward()
+    # fakes at or above m add no loss and no gradient; inside, d/dE (m − E)/B = −1/B
+    assert e_fake.grad.tolist() == pytest.approx([0.0, -0.25, 0.0, -0.25])
+    assert e_real.grad.tolist() == pytest.approx([0.5, 0.5])
+
+
+def test_margin_hinge_all_fakes_outside_is_zero() -> None:
+    loss, active = margin_loss(torch.zeros(3), torch.full((3,), 2.0), margin=1.0)
+    assert loss.item() == 0.0 and not active.any()
+
+
+# ---- model -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("arch", "shape"), [("conv", (1, 28, 28)), ("conv", (3, 32, 32)),
+                                             ("mlp", (1, 28, 28)), ("mlp", (2,))])
+def test_energy_shape_and_output_ranges(arch: str, shape: tuple) -> None:
+    torch.manual_seed(0)
+    model = EBGAN(shape, arch=arch, z_dim=8, code_dim=6, mlp_gen_hidden=[32],
+                  mlp_enc_hidden=[32], mlp_dec_hidden=[32])
+    x = torch.rand(5, *shape) * 2 - 1
+    energy = model.energy(x)
+    assert energy.shape == (5,) and torch.isfinite(energy).all() and (energy >= 0).all()
+    recon, code = model.reconstruct(x)
+    assert recon.shape == x.shape and code.shape == (5, 6)
+    assert model.encode(x).shape == (5, 6)
+    fake = model.generate(torch.randn(5, 8) * 10)  # large z: outputs saturate, stay in range
+    assert fake.shape == (5, *shape)
+    for out in (recon, fake):
+        assert out.min() >= -1.0 and out.max() <= 1.0
+    # the energy is the per-sample MEAN squared reconstruction error
+    torch.testing.assert_close(energy, (recon - x).pow(2).flatten(1).mean(1))
+
+
+def test_custom_value_range_is_reachable() -> None:
+    ends = ToRange(0.0, 3.0)(torch.tensor([-50.0, 0.0, 50.0]))
+    torch.testing.assert_close(ends, torch.tensor([0.0, 1.5, 3.0]))  # both ends reachable
+    model = EBGAN((2,), arch="mlp", z_dim=4, value_range=[0.0, 3.0], mlp_gen_hidden=[16])
+    x = torch.rand(64, 2) * 3
+    for out in (model.generate(torch.randn(64, 4)), model.reconstruct(x)[0]):
+        assert out.min() >= 0.0 and out.max() <= 3.0
+
+
+def test_conv_needs_images_and_unknown_arch_is_refused() -> None:
+    with pytest.raises(ValueError, match="arch=conv needs .*images.*arch=mlp"):
+        EBGAN((2,))
+    with pytest.raises(ValueError, match="unknown ebgan arch 'resnet'"):
+        EBGAN((1, 28, 28), arch="resnet")
+
+
+def test_decoder_range_must_cover_data_range() -> None:
+    model = EBGAN((1, 28, 28), value_range=[0.0, 1.0])
+    with pytest.raises(ValueError, match=r"model.net.value_range=\[-1.0,1.0\]"):
+        EBGANObjective(model, Langevin(), MNIST, torch.Generator())
+
+
+# ---- training, sampling, state -----------------------------------------------------------
+
+def test_tiny_training_run_logs_everything(tmp_path: Path, data_root: Path) -> None:
+    cfg = compose_config(TINY_EBGAN)
+    validate_config(cfg)
+    metrics = train(cfg, tmp_path)
+    assert metrics["steps"] == 4
+    for key in ("loss", "loss_d", "loss_g", "energy_real", "energy_fake", "hinge_active", "pt"):
+        assert math.isfinite(metrics[key]), key
+    assert 0.0 <= metrics["hinge_active"] <= 1.0
+    ckpt = load_checkpoint(tmp_path)
+    assert len(ckpt["optimizers"]) == 2 and ckpt["objective"]["fixed_z"].shape == (64, 32)
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0}).Reload()
+    images = set(events.Tags()["images"])
+    assert {"images/samples_fixed_z", "images/reconstruction_real",
+            "images/reconstruction_fake"} <= images
+    assert {"train/energy_real", "train/energy_fake", "train/hinge_active",
+            "train/pt"} <= set(events.Tags()["scalars"])
+
+
+def _objective(refine: bool, prior: str = "normal") -> EBGANObjective:
+    cfg = compose_config(["model=ebgan", "device=cpu", f"model.objective.prior={prior}",
+                          f"model.objective.latent_refine={str(refine).lower()}"])
+    return build_components(cfg, MNIST).objective
+
+
+@pytest.mark.parametrize(("refine", "prior"), [(False, "normal"), (True, "normal"),
+                                               (True, "uniform")])
+def test_generate_shape_and_range(refine: bool, prior: str) -> None:
+    objective = _objective(refine, prior)
+    model = objective.model
+    model.train()
+    result = objective.generate(6, steps=4, generator=torch.Generator().manual_seed(0),
+                                snapshot_every=2)
+    assert result.x.shape == (6, 1, 28, 28)
+    assert result.x.min() >= -1.0 and result.x.max() <= 1.0
+    assert all(p.grad is None for p in model.parameters()) and model.training
+    if refine:  # the latent chain comes back decoded: images, one snapshot per 2 steps
+        assert [snap.shape for snap in result.chain] == [(6, 1, 28, 28)] * 3
+        assert result.stats["energy"].shape == (4,)
+
+
+def test_latent_refinement_moves_towards_lower_latent_energy() -> None:
+    objective = _objective(True)
+    objective.sampler = Langevin(step_size=0.05, noise_std=0.0, grad_clip=None, steps=20,
+                                 box=[-1.0, 1.0])
+    z = objective.draw_z(8, torch.Generator().manual_seed(1)) * 3  # far out: high prior energy
+    refined = with_box(objective.sampler, None).sample(objective.latent_energy, z).x
+    with torch.no_grad():
+        assert objective.latent_energy(refined).mean() < objective.latent_energy(z).mean()
+    assert refined.abs().max() > 1.0  # the data box [-1, 1] did not clamp the latents
+
+
+def test_with_box_leaves_the_configured_sampler_alone() -> None:
+    sampler = Langevin(box=[-1.0, 1.0])
+    assert with_box(sampler, None).box is None and sampler.box == (-1.0, 1.0)
+
+
+def test_objective_state_round_trips_fixed_z() -> None:
+    first, second = _objective(False), _objective(False)
+    first.fixed_z = torch.randn(first.fixed_z.shape, generator=torch.Generator().manual_seed(3))
+    assert not torch.equal(first.fixed_z, second.fixed_z)
+    second.load_state_dict(first.state_dict())
+    assert torch.equal(first.fixed_z, second.fixed_z)
+    pictures = second.visuals(torch.Generator())
+    assert pictures["samples_fixed_z"].shape == (64, 1, 28, 28)
