@@ -114,7 +114,9 @@ def needs_checkpoint(cfg: DictConfig) -> bool:
 def preflight(argv: list[str]) -> list[str]:
     """Compose and check the run; returns extra Hydra overrides (run dir for resume/sample)."""
     flags, overrides = _split(argv)
+    # A run dir the user chose wins over the one derived for resume/sample.
     multirun = "-m" in flags or "--multirun" in flags
+    own_dir = multirun or any(o.startswith("hydra.run.dir=") for o in overrides)
     try:
         with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             cfg = hydra.compose("config", overrides=_first_of_sweeps(overrides))
@@ -125,7 +127,7 @@ def preflight(argv: list[str]) -> list[str]:
     if cfg.resume:
         ckpt = load_checkpoint(cfg.resume)
         run_dir = Path(ckpt["path"]).parent
-        return [] if multirun else [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+        return [] if own_dir else [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
     if cfg.task == "sample":
         if not cfg.ckpt:
             validate_config(cfg)
@@ -135,7 +137,7 @@ def preflight(argv: list[str]) -> list[str]:
         saved = load_checkpoint(cfg.ckpt)["config"]
         pattern = RUN_DIR_PATTERN.format(task="sample", model=saved["model"]["name"],
                                          dataset=saved["dataset"].get("name", "data"))
-        return [] if multirun else [f"hydra.run.dir={pattern}"]
+        return [] if own_dir else [f"hydra.run.dir={pattern}"]
     validate_config(cfg)
     return []
 
