@@ -41,7 +41,8 @@ class ContrastiveDivergence(Objective):
         self.sampler = sampler
         self.alpha = float(alpha)
         self.data_noise_std = float(data_noise_std)
-        self.reinit_fraction = float(reinit_fraction) if buffer_size > 0 else 1.0
+        self.persistent = buffer_size > 0
+        self.reinit_fraction = float(reinit_fraction) if self.persistent else 1.0
         self.sample_steps = int(sample_steps)
         device = next(model.parameters()).device
         # buffer_size == 0: every chain starts from noise (short-run MCMC, Nijkamp 2019).
@@ -63,7 +64,8 @@ class ContrastiveDivergence(Objective):
             x = x.clamp_(*self.data.box)
         x0, slots = self.buffer.draw(batch, self.reinit_fraction)
         chains = self.sampler.sample(self.model.energy, x0, generator=self.generator)
-        self.buffer.push(slots, chains.x)
+        if self.persistent:
+            self.buffer.push(slots, chains.x)
 
         energies = self.model.energy(torch.cat([x, chains.x]))
         e_data, e_sample = energies[:batch], energies[batch:]

@@ -35,7 +35,12 @@ class ReplayBuffer:
     def draw(self, n: int, reinit_fraction: float) -> tuple[Tensor, Tensor]:
         """Starting points ``(n, *item_shape)`` and the slots ``(n,)`` they came from."""
         device = self.data.device
-        idx = torch.randint(len(self.data), (n,), device=device, generator=self.generator)
+        # Distinct slots (no replacement): writing chains back to repeated indices would be
+        # a race with several threads, and resumed runs would not be bit-identical.
+        if n <= len(self.data):
+            idx = torch.randperm(len(self.data), device=device, generator=self.generator)[:n]
+        else:  # a buffer smaller than the batch: slots repeat (the last write wins)
+            idx = torch.randint(len(self.data), (n,), device=device, generator=self.generator)
         x0 = self.data[idx]
         fresh = torch.rand(n, device=device, generator=self.generator) < reinit_fraction
         n_fresh = int(fresh.sum())
