@@ -122,19 +122,21 @@ def validate_config(cfg: DictConfig) -> None:
         raise UserError(f"optim.name={cfg.optim.name} is invalid: choose from "
                         f"{', '.join(OPTIMIZERS)}")
     check_target_node(cfg.dataset, "dataset")
-    check_target_node(sampler_node(cfg), "sampler",
-                      ("box",) if cfg.sampler.get("box") == "data" else ())
+    node, box_from_data = sampler_node(cfg)
+    check_target_node(node, "sampler", ("box",) if box_from_data else ())
     check_target_node(cfg.model.net, "model.net", ("item_shape",))
     check_target_node(cfg.model.objective, "model.objective",
                       ("model", "sampler", "data", "generator"))
 
 
-def sampler_node(cfg: DictConfig) -> DictConfig:
-    """The sampler config with ``box: data`` removed (the box is injected at build time)."""
+def sampler_node(cfg: DictConfig) -> tuple[DictConfig, bool]:
+    """The sampler config without ``box: data``, and whether it asked for the data's box
+    (which is then injected at build time)."""
     node = OmegaConf.create(OmegaConf.to_container(cfg.sampler, resolve=True))
-    if node.get("box") == "data":
+    box_from_data = node.get("box") == "data"
+    if box_from_data:
         del node["box"]
-    return node
+    return node, box_from_data
 
 
 @dataclass
@@ -154,8 +156,8 @@ def build_components(cfg: DictConfig, data_info: DataInfo) -> Components:
     torch.manual_seed(cfg.seed)
     model = instantiate(cfg.model.net, "model.net", item_shape=list(data_info.item_shape))
     model = model.to(device)
-    sampler_injected = {"box": list(data_info.box)} if cfg.sampler.get("box") == "data" else {}
-    sampler = instantiate(sampler_node(cfg), "sampler", **sampler_injected)
+    node, box_from_data = sampler_node(cfg)
+    sampler = instantiate(node, "sampler", **({"box": list(data_info.box)} if box_from_data else {}))
     generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     objective = instantiate(cfg.model.objective, "model.objective", model=model,
                             sampler=sampler, data=data_info, generator=generator)
