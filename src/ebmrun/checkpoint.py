@@ -100,3 +100,14 @@ def load_checkpoint(path_or_dir: str | os.PathLike, map_location: str | torch.de
                         f"ebmrun version)")
     ckpt["path"] = str(path)
     return ckpt
+
+
+def load_model_state(model: torch.nn.Module, ckpt: dict) -> None:
+    """Load the checkpoint's weights into ``model``; a mismatch is one clear line."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()[0][:160]
+        raise UserError(f"checkpoint {ckpt.get('path')} does not match the configured model "
+                        f"({detail}) (fix: sample/resume with the checkpoint's own config, "
+                        f"without model overrides)") from None

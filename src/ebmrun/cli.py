@@ -1,6 +1,6 @@
 """The ``ebmrun`` console script.
 
-``ebmrun [overrides...]`` composes ``conf/`` with Hydra and runs ``task`` (train | sample).
+``ebmrun [overrides...]`` composes ``conf/`` with Hydra and runs ``task`` (train | sample | eval).
 Before Hydra creates any run dir, a pre-flight pass composes the same overrides and checks
 them, so a typo, a wrong type, an unknown option or a bad checkpoint is reported as one line
 on stderr with exit code 2 — no traceback, no half-made run dir.
@@ -28,6 +28,7 @@ from ebmrun.build import validate_config
 from ebmrun.checkpoint import CKPT_NAME, atomic_write_bytes, load_checkpoint
 from ebmrun.config import merge_overrides, register_configs
 from ebmrun.errors import UserError
+from ebmrun.evaluation import eval_task
 from ebmrun.run import sample, train
 
 
@@ -100,11 +101,12 @@ def _first_of_sweeps(overrides: list[str]) -> list[str]:
     return out
 
 
-NEEDS_CKPT = "task=sample needs a checkpoint (fix: ckpt=<run dir or last.pt>)"
+def needs_ckpt_message(task: str) -> str:
+    return f"task={task} needs a checkpoint (fix: ckpt=<run dir or last.pt>)"
 
 
 def needs_checkpoint(cfg: DictConfig) -> bool:
-    """Whether ``task=sample`` needs a trained checkpoint: ``False`` when the model's
+    """Whether ``task=sample``/``eval`` needs a trained checkpoint: ``False`` when the model's
     objective says so (fixed energies, e.g. ``model=analytic``), which then builds the model
     from the config. Call after :func:`validate_config` (the target must import)."""
     objective = hydra.utils.get_object(cfg.model.objective._target_)
@@ -128,14 +130,14 @@ def preflight(argv: list[str]) -> list[str]:
         ckpt = load_checkpoint(cfg.resume)
         run_dir = Path(ckpt["path"]).parent
         return [] if own_dir else [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
-    if cfg.task == "sample":
+    if cfg.task in CHECKPOINT_TASKS:
         if not cfg.ckpt:
             validate_config(cfg)
             if needs_checkpoint(cfg):
-                raise UserError(NEEDS_CKPT)
+                raise UserError(needs_ckpt_message(cfg.task))
             return []
         saved = load_checkpoint(cfg.ckpt)["config"]
-        pattern = RUN_DIR_PATTERN.format(task="sample", model=saved["model"]["name"],
+        pattern = RUN_DIR_PATTERN.format(task=cfg.task, model=saved["model"]["name"],
                                          dataset=saved["dataset"].get("name", "data"))
         return [] if own_dir else [f"hydra.run.dir={pattern}"]
     validate_config(cfg)
@@ -154,22 +156,32 @@ def _run_train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     return train(cfg, run_dir)
 
 
-def _run_sample(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
-    ckpt = None
-    if cfg.ckpt:
-        ckpt = load_checkpoint(cfg.ckpt)
-        cfg = merge_overrides(ckpt["config"], cfg, overrides)
-    validate_config(cfg)
-    if ckpt is None and needs_checkpoint(cfg):
-        raise UserError(NEEDS_CKPT)
-    atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
-    metrics = sample(cfg, run_dir, ckpt)
-    print(f"samples written to {run_dir}")
-    return metrics
+def _from_checkpoint(task: Callable[[DictConfig, Path, dict | None], dict], done: str
+                     ) -> Callable[[DictConfig, Path, list[str]], dict]:
+    """A task that works on a trained model (``ckpt=``; the checkpoint's config plus the
+    user's overrides), or on a model that needs no training (built from the config)."""
+
+    def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
+        ckpt = None
+        if cfg.ckpt:
+            ckpt = load_checkpoint(cfg.ckpt)
+            cfg = merge_overrides(ckpt["config"], cfg, overrides)
+        validate_config(cfg)
+        if ckpt is None and needs_checkpoint(cfg):
+            raise UserError(needs_ckpt_message(cfg.task))
+        atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
+        metrics = task(cfg, run_dir, ckpt)
+        print(f"{done} written to {run_dir}")
+        return metrics
+
+    return run
 
 
 TASKS: dict[str, Callable[[DictConfig, Path, list[str]], dict]] = {
-    "train": _run_train, "sample": _run_sample}
+    "train": _run_train,
+    "sample": _from_checkpoint(sample, "samples"),
+    "eval": _from_checkpoint(eval_task, "metrics")}
+CHECKPOINT_TASKS = ("sample", "eval")
 
 
 def _cleanup_failed_run_dir(run_dir: Path, resumed: bool) -> None:

@@ -56,6 +56,30 @@ class SampleConfig:
 
 
 @dataclass
+class EvalConfig:
+    """``task=eval`` and periodic evaluation while training (``every`` steps; null = off).
+
+    Which metrics run depends on the model family and the data: sample quality (images with
+    an evaluator), anomaly AUROC (families with an energy), the exact grid normaliser (2-D
+    points), and the family's own metrics (NLL bounds, code errors, ...).
+    """
+
+    every: Optional[int] = None
+    n_samples: int = 1000          # generated samples for the sample-quality metrics
+    sample_steps: Optional[int] = None  # sampler steps for them (null = model default)
+    batch_size: int = 500
+    max_test: Optional[int] = None  # evaluate on the first N test items (null = all)
+    sample_quality: bool = True
+    ood: list[str] = field(default_factory=lambda: ["other", "noise", "flip"])
+    grid_size: int = 300           # 2-D normaliser: grid points per axis
+    iw_samples: int = 1000         # importance samples per item (VAE NLL bound)
+    iw_batch: int = 50             # items per importance-sampling batch (memory)
+    ais_chains: int = 100          # annealed importance sampling (RBM log Z)
+    ais_steps: int = 10000
+    inception_fid: bool = False    # torchmetrics' Inception FID, only if its weights exist
+
+
+@dataclass
 class DeviceConfig:
     """``auto`` picks cuda > mps > cpu; ``threads`` sets torch's CPU thread count."""
 
@@ -85,6 +109,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def register_configs() -> None:
@@ -114,6 +139,18 @@ VALUE_CHECKS: list[tuple[str, Any, str]] = [
     ("sample.batch_size", _positive, "a positive integer"),
     ("sample.steps", lambda v: v is None or v >= 0, "null or an integer >= 0"),
     ("device.threads", lambda v: v is None or v > 0, "null or a positive integer"),
+    ("eval.every", lambda v: v is None or v > 0, "null or a positive integer"),
+    ("eval.n_samples", lambda v: v >= 2, "an integer >= 2"),
+    ("eval.sample_steps", lambda v: v is None or v >= 0, "null or an integer >= 0"),
+    ("eval.batch_size", _positive, "a positive integer"),
+    ("eval.max_test", lambda v: v is None or v >= 2, "null or an integer >= 2"),
+    ("eval.ood", lambda v: set(v) <= {"other", "noise", "flip"},
+     "a list drawn from [other, noise, flip]"),
+    ("eval.grid_size", lambda v: v >= 16, "an integer >= 16"),
+    ("eval.iw_samples", _positive, "a positive integer"),
+    ("eval.iw_batch", _positive, "a positive integer"),
+    ("eval.ais_chains", _positive, "a positive integer"),
+    ("eval.ais_steps", _positive, "a positive integer"),
 ]
 
 

@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 from ebmrun.build import (build_components, data_info_of, load_data, make_batches,
                           optim_settings)
-from ebmrun.checkpoint import atomic_write_json, save_checkpoint
+from ebmrun.checkpoint import atomic_write_json, load_model_state, save_checkpoint
 from ebmrun.errors import UserError
+from ebmrun.evaluation import evaluate_model, log_report
 from ebmrun.logging import RunLogger
 from ebmrun.objectives.base import DataInfo
 from ebmrun.outputs import write_sample_files, write_samples
@@ -79,6 +80,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
     window: dict[str, list[float]] = defaultdict(list)
     final: dict[str, float] = {}
     images_seen, t_start = 0, time.perf_counter()
+    eval_every, last_eval = cfg.eval.every, {}
     epoch = batches.epoch
     bar = tqdm(total=total, initial=step, disable=not cfg.trainer.progress, dynamic_ncols=True,
                desc=f"train {cfg.model.name}")
@@ -105,6 +107,10 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
                 bar.set_postfix(loss=f"{final.get('loss', float('nan')):.4f}")
             if step % cfg.trainer.image_every == 0 or step == total:
                 _log_pictures(objective, logger, data, x, step, cfg.seed)
+            if eval_every and (step % eval_every == 0 or step == total):
+                report = evaluate_model(cfg, objective, data, device)
+                log_report(report, logger, step)
+                last_eval = report.metrics
             if step % cfg.trainer.ckpt_every == 0 or step == total or stop.signal:
                 save_checkpoint(_payload(cfg, info, parts, optimizers, schedulers, batches, step,
                                          elapsed + time.perf_counter() - t_start), run_dir)
@@ -115,7 +121,8 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
     wall = time.perf_counter() - t_start
     metrics = {"task": "train", "model": cfg.model.name, "dataset": data.name, "steps": step,
                "epochs": step / batches.batches_per_epoch, "wall_time_s": elapsed + wall,
-               "images_per_s": images_seen / max(wall, 1e-9), **final}
+               "images_per_s": images_seen / max(wall, 1e-9), **final,
+               **{f"eval/{k}": v for k, v in last_eval.items()}}
     if stop.signal:
         logger.close()
         raise UserError(f"interrupted by signal {stop.signal} at step {step}; checkpoint saved "
@@ -123,10 +130,12 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
     _final_samples(objective, info, run_dir, logger, step, cfg.seed)
     metric_name = cfg.trainer.objective_metric
     if metric_name not in metrics:
+        numeric = sorted(k for k, v in metrics.items() if isinstance(v, float))
         raise UserError(f"trainer.objective_metric={metric_name} is not among this run's "
-                        f"metrics (choose from: {', '.join(sorted(final))})")
+                        f"metrics (choose from: {', '.join(numeric)})")
     metrics["objective"] = {"name": metric_name, "value": metrics[metric_name]}
-    logger.hparams(_hparams(cfg), {f"final/{k}": v for k, v in final.items()})
+    logger.hparams(_hparams(cfg), {f"final/{k}": v for k, v in final.items()}
+                   | {f"final/eval/{k}": v for k, v in last_eval.items()})
     logger.close()
     atomic_write_json(metrics, run_dir / "metrics.json")
     return metrics
@@ -207,16 +216,6 @@ def _restore(ckpt: dict, parts, optimizers, schedulers, batches) -> tuple[int, f
     if "cuda" in ckpt["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
     return int(ckpt["step"]), float(ckpt.get("elapsed_s", 0.0))
-
-
-def load_model_state(model: torch.nn.Module, ckpt: dict) -> None:
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        detail = str(exc).strip().splitlines()[0][:160]
-        raise UserError(f"checkpoint {ckpt.get('path')} does not match the configured model "
-                        f"({detail}) (fix: sample/resume with the checkpoint's own config, "
-                        f"without model overrides)") from None
 
 
 def _hparams(cfg: DictConfig) -> dict:

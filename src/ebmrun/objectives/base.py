@@ -9,7 +9,7 @@ and which pictures show progress. Objectives that need several optimizers (GANs)
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +40,25 @@ class OptimSettings:
     weight_decay: float
 
 
+@dataclass
+class EvalReport:
+    """What an evaluation produced.
+
+    ``metrics``: flat name -> number (written to metrics.json and TensorBoard, ``/`` groups);
+    ``figures``: name -> ``(3, H, W)`` float image in [0, 1] (PNG + TensorBoard image);
+    ``tables``: name -> rows (list of dicts), written to metrics.json as they are.
+    """
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, Tensor] = field(default_factory=dict)
+    tables: dict[str, list[dict]] = field(default_factory=dict)
+
+    def update(self, other: "EvalReport", prefix: str = "") -> None:
+        self.metrics.update({prefix + k: v for k, v in other.metrics.items()})
+        self.figures.update({prefix + k: v for k, v in other.figures.items()})
+        self.tables.update({prefix + k: v for k, v in other.tables.items()})
+
+
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
@@ -57,6 +76,9 @@ class Objective(ABC):
     """Base class of training recipes. ``model`` is the ``nn.Module`` that is checkpointed."""
 
     manual_optimization = False
+    # Whether ``generate`` draws new samples (sample-quality metrics apply) or, as for
+    # sparse coding, only reconstructs given items.
+    generates_new_samples = True
 
     def __init__(self, model: nn.Module, data: DataInfo, generator: torch.Generator) -> None:
         self.model = model
@@ -76,6 +98,18 @@ class Objective(ABC):
     def generate(self, n: int, *, steps: int | None = None, generator: torch.Generator,
                  snapshot_every: int = 0) -> SampleResult:
         """Draw ``n`` new samples ``(n, *item_shape)`` in the data's value range."""
+
+    def energy(self, x: Tensor) -> Tensor | None:
+        """Per-item energy ``(B,)`` of ``x`` ``(B, *item_shape)`` (lower = more data-like),
+        used for anomaly scores and 2-D normalisers; ``None`` if the family has none."""
+        return None
+
+    def evaluate(self, test: Tensor, settings, generator: torch.Generator) -> EvalReport:
+        """Family-specific held-out metrics on ``test`` ``(N, *item_shape)`` (float, in the
+        data's value range, on the model's device). ``settings`` is the run's
+        :class:`ebmrun.config.EvalConfig`. The runner adds the generic metrics (sample
+        quality, anomaly AUROC, 2-D normaliser) itself."""
+        return EvalReport()
 
     def visuals(self, generator: torch.Generator) -> dict[str, Tensor]:
         """Image batches ``(N, C, H, W)`` to log as grids (name -> images)."""

@@ -101,6 +101,10 @@ class ContrastiveDivergence(Objective):
         return self.sampler.sample(self.model.energy, self.noise(n, generator), steps=steps,
                                    generator=generator, snapshot_every=snapshot_every)
 
+    def energy(self, x: Tensor) -> Tensor:
+        """The learned energy ``(B,)``."""
+        return self.model.energy(x)
+
     def visuals(self, generator: torch.Generator) -> dict[str, Tensor]:
         if not self.data.is_image:
             return self._visuals_2d(generator)

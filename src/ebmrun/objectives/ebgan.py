@@ -222,6 +222,10 @@ class EBGANObjective(Objective):
             return SampleResult(x=self.model.generate(result.x), stats=result.stats, chain=chain)
 
     @torch.no_grad()
+    def energy(self, x: Tensor) -> Tensor:
+        """The discriminator's reconstruction error D(x) ``(B,)``."""
+        return self.model.energy(x)
+
     def visuals(self, generator: torch.Generator) -> dict[str, Tensor]:
         """Fixed-z samples (a film over steps), and D's reconstructions: rows alternate
         input / reconstruction for real and generated images."""

@@ -58,6 +58,10 @@ class NoTraining(Objective):
         return self.sampler.sample(self.model.energy, self.noise(n, generator), steps=steps,
                                    generator=generator, snapshot_every=snapshot_every)
 
+    def energy(self, x: Tensor) -> Tensor:
+        """The fixed energy ``(B,)``."""
+        return self.model.energy(x)
+
     def visuals(self, generator: torch.Generator) -> dict[str, Tensor]:
         if self.data.is_image:
             return {"samples": self.generate(64, generator=generator).x}

@@ -1,0 +1,177 @@
+"""Evaluation of a trained model: the metrics that fit its family and its data.
+
+``evaluate_model`` is shared by ``task=eval`` and the periodic evaluation while training
+(``eval.every``). It asks the objective for its own metrics (NLL bounds, code errors, ...)
+and adds the generic ones wherever they apply:
+
+- sample quality (images with an evaluator, i.e. MNIST / Fashion-MNIST): Fréchet distance of
+  the evaluator's features against the test split, with the real-vs-real floor of the same
+  N beside it, classes present, KL of the class histogram to uniform, mean confidence;
+- anomaly AUROC of E(x) (families with an energy): test split against the other
+  MNIST-like dataset, uniform noise, and 180°-flipped images;
+- exact likelihoods of 2-D energies: grid normaliser, test NLL, KL(target ‖ model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from ebmrun.build import build_components, data_info_of, load_data
+from ebmrun.checkpoint import atomic_write_bytes, atomic_write_json, load_model_state
+from ebmrun.config import EvalConfig
+from ebmrun.data.base import InMemoryData
+from ebmrun.errors import UserError
+from ebmrun.logging import RunLogger, plots2d
+from ebmrun.metrics.evaluator import RECIPES, get_evaluator
+from ebmrun.metrics.inception import inception_fid
+from ebmrun.metrics.normaliser import grid_report
+from ebmrun.metrics.ood import auroc, flipped, uniform_noise_like
+from ebmrun.metrics.sample_quality import real_floor, sample_quality
+from ebmrun.objectives.base import DataInfo, EvalReport, Objective
+from ebmrun.outputs import png_bytes
+
+# The natural outlier set of each MNIST-like dataset (same shape, different content).
+OTHER_DATASET = {"mnist": "fashion_mnist", "fashion_mnist": "mnist"}
+
+
+def eval_settings(cfg: DictConfig) -> EvalConfig:
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EvalConfig), cfg.eval))
+
+
+@torch.no_grad()
+def batched_energy(energy: Callable[[Tensor], Tensor | None], x: Tensor, batch: int) -> Tensor:
+    """E of ``x`` ``(N, ...)`` in chunks of ``batch``: ``(N,)`` float64 on the CPU."""
+    return torch.cat([energy(chunk).double().cpu().flatten() for chunk in x.split(batch)])
+
+
+def to_unit_range(x: Tensor, value_range: tuple[float, float]) -> Tensor:
+    """Map images from ``value_range`` to [-1, 1], the evaluator's input range."""
+    low, high = value_range
+    return (x.float() - low) * (2.0 / (high - low)) - 1.0
+
+
+def evaluate_model(cfg: DictConfig, objective: Objective, data: InMemoryData,
+                   device: torch.device) -> EvalReport:
+    """All metrics of ``objective``'s model that fit ``data``; see the module docstring."""
+    settings = eval_settings(cfg)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed + 7)
+    test_stored = data.test if settings.max_test is None else data.test[: settings.max_test]
+    test = data.to_float(test_stored).to(device)
+    model = objective.model
+    was_training = model.training
+    model.eval()
+    try:
+        report = EvalReport()
+        report.update(objective.evaluate(test, settings, generator))
+        if objective.energy(test[:2]) is not None:
+            report.update(_energy_metrics(cfg, objective, data, test, settings, generator))
+        if (settings.sample_quality and objective.generates_new_samples and data.is_image
+                and data.name in RECIPES):
+            report.update(_sample_quality(cfg, objective, data, test, settings, generator),
+                          prefix="samples/")
+    finally:
+        model.train(was_training)
+    return report
+
+
+def _energy_metrics(cfg: DictConfig, objective: Objective, data: InMemoryData, test: Tensor,
+                    settings: EvalConfig, generator: torch.Generator) -> EvalReport:
+    report = EvalReport()
+    e_test = batched_energy(objective.energy, test, settings.batch_size)
+    report.metrics["energy/test_mean"] = float(e_test.mean())
+    outliers: dict[str, Tensor] = {}
+    if "noise" in settings.ood:
+        outliers["noise"] = uniform_noise_like(test, data.value_range, generator)
+    if "flip" in settings.ood and data.is_image:
+        outliers["flip"] = flipped(test)
+    other = OTHER_DATASET.get(data.name)
+    if "other" in settings.ood and other is not None:
+        outliers[other] = _other_test_split(cfg, other, len(test)).to(test.device)
+    for name, x in outliers.items():
+        e_out = batched_energy(objective.energy, x, settings.batch_size)
+        report.metrics[f"ood/auroc_{name}"] = auroc(e_test, e_out)
+        report.metrics[f"energy/{name}_mean"] = float(e_out.mean())
+    if data.item_shape == (2,):
+        points = torch.cat([data.train, data.test]).to(test.device)
+        density = grid_report(objective.energy, test, points, data.box, settings.grid_size)
+        report.metrics.update({f"density/{k}": v for k, v in density.items()})
+        report.figures["density"] = plots2d.density_image(
+            objective.energy, data.box, item_shape=data.item_shape, device=test.device)
+    return report
+
+
+def _other_test_split(cfg: DictConfig, name: str, n: int) -> Tensor:
+    """The test split of dataset ``name`` (same root and value range as the run's data)."""
+    from ebmrun.data.idx import load_idx_dataset
+
+    try:
+        other = load_idx_dataset(name=name, root=cfg.dataset.get("root"), download=False,
+                                 value_range=tuple(cfg.dataset.value_range))
+    except UserError as exc:
+        raise UserError(f"eval.ood lists 'other' but {name} is missing ({exc}) (fix: add the "
+                        f"files, or drop it: eval.ood=[noise,flip])") from None
+    return other.to_float(other.test[:n])
+
+
+def _sample_quality(cfg: DictConfig, objective: Objective, data: InMemoryData, test: Tensor,
+                    settings: EvalConfig, generator: torch.Generator) -> EvalReport:
+    evaluator = get_evaluator(data.name, cfg.dataset.get("root"))
+    chunks, remaining = [], settings.n_samples
+    while remaining > 0:
+        n = min(remaining, settings.batch_size)
+        result = objective.generate(n, steps=settings.sample_steps, generator=generator)
+        chunks.append(result.x.detach().float().cpu())
+        remaining -= n
+    samples = to_unit_range(torch.cat(chunks), data.value_range)
+    reference = to_unit_range(test.cpu(), data.value_range)
+    metrics = sample_quality(evaluator, samples, reference)
+    idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(cfg.seed))
+    train_subset = to_unit_range(data.to_float(data.train[idx[: len(samples)]]),
+                                 data.value_range)
+    metrics["frechet_real_floor"] = real_floor(evaluator, train_subset, reference)
+    metrics["evaluator_test_accuracy"] = float(evaluator.test_accuracy or 0.0)
+    if settings.inception_fid:
+        metrics["inception_fid"] = inception_fid(samples, reference)
+    return EvalReport(metrics={k: float(v) for k, v in metrics.items()})
+
+
+def log_report(report: EvalReport, logger: RunLogger, step: int) -> None:
+    """Scalars under ``eval/`` and the figures as images, at training step ``step``."""
+    logger.scalars(report.metrics, step, prefix="eval/")
+    for name, figure in report.figures.items():
+        logger.writer.add_image(f"eval/{name}", figure, step)
+    logger.flush()
+
+
+def eval_task(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict:
+    """``task=eval``: metrics of a checkpoint (or of a model that needs no training) written
+    to ``metrics.json`` (with any tables), ``eval_<figure>.png`` and TensorBoard."""
+    data = load_data(cfg)
+    info = (DataInfo(**{k: tuple(v) for k, v in ckpt["data_info"].items()})
+            if ckpt is not None else data_info_of(data))
+    if ckpt is not None and tuple(info.item_shape) != tuple(data.item_shape):
+        raise UserError(f"the checkpoint was trained on items of shape {info.item_shape} but "
+                        f"dataset {data.name} has {data.item_shape} (fix: evaluate on the "
+                        f"checkpoint's own dataset)")
+    parts = build_components(cfg, info)
+    if ckpt is not None:
+        load_model_state(parts.model, ckpt)
+    step = int(ckpt["step"]) if ckpt is not None else 0
+    report = evaluate_model(cfg, parts.objective, data, parts.device)
+    logger = RunLogger(run_dir)
+    log_report(report, logger, step)
+    logger.close()
+    for name, figure in report.figures.items():
+        atomic_write_bytes(run_dir / f"eval_{name.replace('/', '_')}.png", png_bytes(figure))
+    metrics = {"task": "eval", "model": cfg.model.name, "dataset": data.name,
+               "checkpoint": ckpt["path"] if ckpt else None, "checkpoint_step": step,
+               **report.metrics, "tables": report.tables}
+    atomic_write_json(metrics, run_dir / "metrics.json")
+    for key, value in report.metrics.items():
+        print(f"  {key:<32} {value:.6g}")
+    return metrics
