@@ -34,7 +34,7 @@ from omegaconf import OmegaConf
 from ebmrun.build import instantiate
 from ebmrun.cli import CONFIG_DIR
 from ebmrun.samplers import Sampler
-from ebmrun.samplers.base import autocast_context
+from ebmrun.samplers.base import autocast_context, autocast_dtype_for
 
 # Gradient evaluations per step, for the cost per gradient (HMC: L; replica exchange: K + a
 # forward for its statistics; others: 1).
@@ -74,7 +74,7 @@ def main() -> None:
     torch.manual_seed(0)
     net = OmegaConf.load(Path(CONFIG_DIR) / "model" / "deep_ebm.yaml").net
     model = instantiate(net, "model.net", item_shape=[1, 28, 28]).to(device)
-    bare_autocast = build_sampler("langevin").autocast_dtype
+    bare_autocast = autocast_dtype_for(build_sampler("langevin").autocast, device)
     generator = torch.Generator(device=device).manual_seed(0)
     x0 = torch.rand(args.batch, 1, 28, 28, device=device, generator=generator) * 2 - 1
 
@@ -98,7 +98,7 @@ def main() -> None:
             times.append(timed(block, sync) / args.steps)
         per_step = statistics.median(times)
         grads = GRADS_PER_STEP.get(name, lambda s: 1.0)(sampler)
-        results[name] = {"autocast": str(sampler.autocast_dtype),
+        results[name] = {"autocast": str(autocast_dtype_for(sampler.autocast, device)),
                          "steps_per_s": round(1.0 / per_step, 2),
                          "ms_per_step": round(1e3 * per_step, 3),
                          "ms_per_gradient": round(1e3 * per_step / grads, 3)}

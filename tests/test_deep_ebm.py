@@ -73,7 +73,7 @@ def _params(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def test_resume_continues_bit_identically(tmp_path: Path, data_root: Path) -> None:
     """6 steps straight == 3 steps, then resume to 6 (params, buffer, step), with the
-    default (bf16 autocast) sampler."""
+    default sampler (autocast: auto)."""
     overrides = [o for o in TINY if not o.startswith("trainer.max_steps")]
     straight = compose_config([*overrides, "trainer.max_steps=6"])
     train(straight, tmp_path / "straight")
