@@ -57,6 +57,10 @@ def save_checkpoint(payload: dict, run_dir: Path) -> Path:
     """Write ``payload`` (see :func:`ebmrun.run` for the keys) as ``run_dir/last.pt``."""
     path = Path(run_dir) / CKPT_NAME
     atomic_torch_save({"format": FORMAT, "version": VERSION, **payload}, path)
+    # A process killed mid-write leaves its temp file behind; the new checkpoint is
+    # complete now, so those leftovers can go.
+    for stale in path.parent.glob(f".{CKPT_NAME}.*.tmp"):
+        stale.unlink(missing_ok=True)
     return path
 
 

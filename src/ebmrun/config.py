@@ -20,6 +20,15 @@ from ebmrun.errors import UserError
 
 
 @dataclass
+class DivergenceConfig:
+    """When a step counts as diverged, and how ``rollback`` continues (see divergence.py)."""
+
+    max_abs_energy: Optional[float] = None  # null: only non-finite values count
+    lr_factor: float = 0.5                   # rollback: learning rates x this factor
+    max_rollbacks: int = 3                   # then stop
+
+
+@dataclass
 class TrainerConfig:
     """Training budget and the intervals of logging, pictures and checkpoints (in steps)."""
 
@@ -32,6 +41,8 @@ class TrainerConfig:
     grad_clip: Optional[float] = 0.1
     objective_metric: str = "loss"
     progress: bool = True
+    on_divergence: str = "stop"              # stop | rollback
+    divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
 
 
 @dataclass
@@ -131,6 +142,10 @@ VALUE_CHECKS: list[tuple[str, Any, str]] = [
     ("trainer.image_every", _positive, "a positive integer"),
     ("trainer.ckpt_every", _positive, "a positive integer"),
     ("trainer.grad_clip", lambda v: v is None or v > 0, "null or > 0"),
+    ("trainer.on_divergence", lambda v: v in ("stop", "rollback"), "stop or rollback"),
+    ("trainer.divergence.max_abs_energy", lambda v: v is None or v > 0, "null or > 0"),
+    ("trainer.divergence.lr_factor", lambda v: 0 < v < 1, "in (0, 1)"),
+    ("trainer.divergence.max_rollbacks", lambda v: v >= 0, "an integer >= 0"),
     ("optim.lr", _positive, "a number > 0"),
     ("optim.lr_decay", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("optim.weight_decay", lambda v: v >= 0, ">= 0"),

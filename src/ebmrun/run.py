@@ -19,7 +19,9 @@ from tqdm import tqdm
 
 from ebmrun.build import (build_components, data_info_of, load_data, make_batches,
                           optim_settings)
-from ebmrun.checkpoint import atomic_write_json, load_model_state, save_checkpoint
+from ebmrun.checkpoint import (CKPT_NAME, atomic_write_json, load_checkpoint, load_model_state,
+                               save_checkpoint)
+from ebmrun.divergence import DivergenceGuard
 from ebmrun.errors import UserError
 from ebmrun.evaluation import evaluate_model, log_report
 from ebmrun.logging import RunLogger
@@ -66,9 +68,10 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
     schedulers = [torch.optim.lr_scheduler.ExponentialLR(o, cfg.optim.lr_decay) for o in optimizers]
     batches = make_batches(cfg, data)
     train_set = data.train.to(device)
+    guard = divergence_guard(cfg)
     step, elapsed = 0, 0.0
     if resume_ckpt is not None:
-        step, elapsed = _restore(resume_ckpt, parts, optimizers, schedulers, batches)
+        step, elapsed = _restore(resume_ckpt, parts, optimizers, schedulers, batches, guard)
     total = total_steps(cfg, batches.batches_per_epoch)
     if resume_ckpt is not None and step >= total:
         raise UserError(f"this run already finished ({step} of {total} steps) (fix: resume with "
@@ -81,6 +84,9 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
     final: dict[str, float] = {}
     images_seen, t_start = 0, time.perf_counter()
     eval_every, last_eval = cfg.eval.every, {}
+    if guard.policy == "rollback" and resume_ckpt is None:  # something to roll back to
+        save_checkpoint(_payload(cfg, info, parts, optimizers, schedulers, batches, 0, 0.0,
+                                 guard), run_dir)
     epoch = batches.epoch
     bar = tqdm(total=total, initial=step, disable=not cfg.trainer.progress, dynamic_ncols=True,
                desc=f"train {cfg.model.name}")
@@ -94,10 +100,28 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
             out = training_step(objective, optimizers, x, cfg.trainer.grad_clip)
             step += 1
             images_seen += x.shape[0]
+            reason = guard.check(out)
+            if reason is not None:
+                if not guard.can_roll_back((run_dir / CKPT_NAME).exists()):
+                    logger.text("divergence", f"step {step}: {reason}; stopped", step)
+                    logger.close()
+                    raise guard.give_up(reason, step, run_dir / CKPT_NAME)
+                failed_step = step
+                step, _ = _restore(load_checkpoint(run_dir), parts, optimizers, schedulers,
+                                   batches, guard=None)
+                guard.rollbacks += 1
+                guard.scale_learning_rates(optimizers, guard.lr_factor)
+                epoch, window = batches.epoch, defaultdict(list)
+                logger.close()  # reopen: drop the events logged after the good checkpoint
+                logger = RunLogger(run_dir, purge_step=step)
+                logger.scalars({"divergence/rollbacks": guard.rollbacks}, step)
+                logger.text("divergence", f"step {failed_step}: {reason}; rolled back to step "
+                            f"{step}, learning rates x{guard.lr_factor}", step)
+                bar.n = step
+                continue
             for key, value in out.items():
                 window[key].append(float(value.detach()) if torch.is_tensor(value)
                                    else float(value))
-            _check_finite(out, step, run_dir)
             if step % cfg.trainer.log_every == 0 or step == total:
                 final = {k: sum(v) / len(v) for k, v in window.items()}
                 window.clear()
@@ -113,7 +137,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
                 last_eval = report.metrics
             if step % cfg.trainer.ckpt_every == 0 or step == total or stop.signal:
                 save_checkpoint(_payload(cfg, info, parts, optimizers, schedulers, batches, step,
-                                         elapsed + time.perf_counter() - t_start), run_dir)
+                                         elapsed + time.perf_counter() - t_start, guard), run_dir)
             bar.update(1)
             if stop.signal:
                 break
@@ -155,14 +179,6 @@ def training_step(objective, optimizers: list[torch.optim.Optimizer], x: torch.T
     return out
 
 
-def _check_finite(out: dict, step: int, run_dir: Path) -> None:
-    bad = [k for k, v in out.items() if not torch.isfinite(torch.as_tensor(v)).all()]
-    if bad:
-        raise UserError(f"training diverged at step {step}: {', '.join(bad)} became non-finite; "
-                        f"the last good checkpoint is {run_dir / 'last.pt'} (fix: lower optim.lr "
-                        f"or raise model.objective.alpha, then resume)")
-
-
 @torch.no_grad()
 def _log_pictures(objective, logger: RunLogger, data, x: torch.Tensor, step: int, seed: int
                   ) -> None:
@@ -191,7 +207,7 @@ def _final_samples(objective, info: DataInfo, run_dir: Path, logger: RunLogger, 
 
 
 def _payload(cfg, info: DataInfo, parts, optimizers, schedulers, batches, step: int,
-             elapsed: float) -> dict:
+             elapsed: float, guard: DivergenceGuard) -> dict:
     rng = {"torch": torch.get_rng_state(), "sampler": parts.generator.get_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -200,10 +216,13 @@ def _payload(cfg, info: DataInfo, parts, optimizers, schedulers, batches, step: 
             "optimizers": [o.state_dict() for o in optimizers],
             "schedulers": [s.state_dict() for s in schedulers], "step": step,
             "epoch": batches.epoch, "batches": batches.state_dict(), "rng": rng,
-            "elapsed_s": elapsed}
+            "elapsed_s": elapsed, "divergence": guard.state_dict()}
 
 
-def _restore(ckpt: dict, parts, optimizers, schedulers, batches) -> tuple[int, float]:
+def _restore(ckpt: dict, parts, optimizers, schedulers, batches,
+             guard: DivergenceGuard | None) -> tuple[int, float]:
+    """Load a checkpoint's training state; returns (step, elapsed seconds). ``guard=None``
+    keeps the guard's own rollback count (a rollback must not reset it)."""
     load_model_state(parts.model, ckpt)
     parts.objective.load_state_dict(ckpt["objective"])
     for optimizer, state in zip(optimizers, ckpt["optimizers"], strict=True):
@@ -215,7 +234,16 @@ def _restore(ckpt: dict, parts, optimizers, schedulers, batches) -> tuple[int, f
     parts.generator.set_state(ckpt["rng"]["sampler"])
     if "cuda" in ckpt["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    if guard is not None:
+        guard.load_state_dict(ckpt.get("divergence", {}))
     return int(ckpt["step"]), float(ckpt.get("elapsed_s", 0.0))
+
+
+def divergence_guard(cfg: DictConfig) -> DivergenceGuard:
+    settings = cfg.trainer.divergence
+    return DivergenceGuard(policy=cfg.trainer.on_divergence,
+                           max_abs_energy=settings.max_abs_energy,
+                           lr_factor=settings.lr_factor, max_rollbacks=settings.max_rollbacks)
 
 
 def _hparams(cfg: DictConfig) -> dict:
