@@ -8,6 +8,7 @@ on stderr with exit code 2 — no traceback, no half-made run dir.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import shutil
@@ -113,12 +114,32 @@ def needs_checkpoint(cfg: DictConfig) -> bool:
     return bool(getattr(objective, "needs_checkpoint", True))
 
 
+def _chosen_output_dir(overrides: list[str], multirun: bool) -> Path:
+    """Where this run will write: the user's hydra.run.dir / hydra.sweep.dir, else outputs/."""
+    key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+    chosen = [o[len(key):] for o in overrides if o.startswith(key)]
+    return Path(chosen[-1].split("${", 1)[0] or ".") if chosen else Path("outputs")
+
+
+def check_writable(path: Path) -> None:
+    """Fail before Hydra starts if ``path`` cannot be created or written (its nearest
+    existing ancestor must be a writable directory)."""
+    existing = path.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not a directory" if not existing.is_dir() else "is not writable"
+        raise UserError(f"cannot write the run dir {path}: {existing} {what} (fix: run from a "
+                        f"writable directory or set hydra.run.dir=<writable dir>)")
+
+
 def preflight(argv: list[str]) -> list[str]:
     """Compose and check the run; returns extra Hydra overrides (run dir for resume/sample)."""
     flags, overrides = _split(argv)
     # A run dir the user chose wins over the one derived for resume/sample.
     multirun = "-m" in flags or "--multirun" in flags
     own_dir = multirun or any(o.startswith("hydra.run.dir=") for o in overrides)
+    check_writable(_chosen_output_dir(overrides, multirun))
     try:
         with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             cfg = hydra.compose("config", overrides=_first_of_sweeps(overrides))
@@ -149,6 +170,11 @@ def _run_train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         ckpt = load_checkpoint(cfg.resume)
         cfg = merge_overrides(ckpt["config"], cfg, overrides)
         validate_config(cfg)
+        max_steps = cfg.trainer.max_steps
+        if max_steps is not None and ckpt["step"] >= max_steps:  # before touching the run dir
+            raise UserError(f"this run already finished ({ckpt['step']} of {max_steps} steps) "
+                            f"(fix: resume with a larger budget, e.g. "
+                            f"trainer.max_steps={max(max_steps, 1) * 2})")
         atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
         return train(cfg, run_dir, resume_ckpt=ckpt)
     validate_config(cfg)
