@@ -154,3 +154,13 @@ def test_rollback_gives_up_after_max_rollbacks(tmp_path: Path) -> None:
                    cwd=tmp_path)
     assert proc.returncode == 2 and "after 2 rollback(s)" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_wall_clock_budget_ends_the_run(tmp_path: Path) -> None:
+    from ebmrun.run import train
+    from conftest import compose_config
+
+    cfg = compose_config([*DEEP_EBM, "trainer.max_steps=null", "trainer.max_minutes=0.002"])
+    metrics = train(cfg, tmp_path)  # 0.12 s: a few steps, then the normal ending
+    assert 1 <= metrics["steps"] < 10_000 and (tmp_path / "metrics.json").is_file()
+    assert load_checkpoint(tmp_path)["step"] == metrics["steps"]

@@ -30,7 +30,8 @@ from ebmrun.checkpoint import CKPT_NAME, atomic_write_bytes, load_checkpoint
 from ebmrun.config import merge_overrides, register_configs
 from ebmrun.errors import UserError
 from ebmrun.evaluation import eval_task
-from ebmrun.run import sample, train
+from ebmrun.run import train
+from ebmrun.sampling import sample
 
 
 def config_dir() -> str:

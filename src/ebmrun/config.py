@@ -34,6 +34,7 @@ class TrainerConfig:
 
     max_steps: Optional[int] = 1000
     max_epochs: Optional[int] = None
+    max_minutes: Optional[float] = None  # wall-clock budget (not reproducible across machines)
     batch_size: int = 128
     log_every: int = 10
     image_every: int = 250
@@ -138,6 +139,7 @@ VALUE_CHECKS: list[tuple[str, Any, str]] = [
     ("trainer.batch_size", _positive, "a positive integer"),
     ("trainer.max_steps", lambda v: v is None or v >= 0, "null or an integer >= 0"),
     ("trainer.max_epochs", lambda v: v is None or v >= 0, "null or an integer >= 0"),
+    ("trainer.max_minutes", lambda v: v is None or v > 0, "null or a number > 0"),
     ("trainer.log_every", _positive, "a positive integer"),
     ("trainer.image_every", _positive, "a positive integer"),
     ("trainer.ckpt_every", _positive, "a positive integer"),
@@ -178,9 +180,11 @@ def check_values(cfg: DictConfig) -> None:
         if not test(value):
             raise UserError(f"{path}={value} is invalid: it must be {expected} "
                             f"(fix: {path}=<value>)")
-    if cfg.trainer.max_steps is None and cfg.trainer.max_epochs is None:
-        raise UserError("trainer.max_steps and trainer.max_epochs are both null: the run would "
-                        "never end (fix: set trainer.max_steps=<n> or trainer.max_epochs=<n>)")
+    if (cfg.trainer.max_steps is None and cfg.trainer.max_epochs is None
+            and cfg.trainer.max_minutes is None):
+        raise UserError("trainer.max_steps, max_epochs and max_minutes are all null: the run "
+                        "would never end (fix: set trainer.max_steps=<n>, trainer.max_epochs=<n> "
+                        "or trainer.max_minutes=<m>)")
 
 
 # Overrides that select whole recipes cannot be re-applied to a saved config.

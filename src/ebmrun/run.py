@@ -1,4 +1,4 @@
-"""The tasks: ``train`` and ``sample``. One readable loop; everything else is built.
+"""``task=train``: one readable loop; everything else is built.
 
 Checkpoint payload (``last.pt``): ``config`` (the composed config as a dict), ``data_info``,
 ``model``, ``objective`` (replay buffer, ...), ``optimizers``, ``schedulers``, ``step``,
@@ -26,7 +26,7 @@ from ebmrun.errors import UserError
 from ebmrun.evaluation import evaluate_model, log_report
 from ebmrun.logging import RunLogger
 from ebmrun.objectives.base import DataInfo
-from ebmrun.outputs import write_sample_files, write_samples
+from ebmrun.outputs import write_sample_files
 
 
 class StopRequested:
@@ -53,9 +53,10 @@ class StopRequested:
 
 
 def total_steps(cfg: DictConfig, batches_per_epoch: int) -> int:
+    """The step budget (``trainer.max_minutes`` may end the run earlier)."""
     limits = [cfg.trainer.max_steps,
               None if cfg.trainer.max_epochs is None else cfg.trainer.max_epochs * batches_per_epoch]
-    return min(v for v in limits if v is not None)
+    return min((v for v in limits if v is not None), default=2**62)
 
 
 def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> dict:
@@ -73,6 +74,10 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
     if resume_ckpt is not None:
         step, elapsed = _restore(resume_ckpt, parts, optimizers, schedulers, batches, guard)
     total = total_steps(cfg, batches.batches_per_epoch)
+    minutes = cfg.trainer.max_minutes
+    if resume_ckpt is not None and minutes is not None and elapsed >= 60.0 * minutes:
+        raise UserError(f"this run already used its {minutes:g}-minute budget (fix: resume "
+                        f"with a larger one, e.g. trainer.max_minutes={2 * minutes:g})")
     if resume_ckpt is not None and step >= total:
         raise UserError(f"this run already finished ({step} of {total} steps) (fix: resume with "
                         f"a larger budget, e.g. trainer.max_steps={total * 2})")
@@ -84,11 +89,12 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
     final: dict[str, float] = {}
     images_seen, t_start = 0, time.perf_counter()
     eval_every, last_eval = cfg.eval.every, {}
+    max_seconds = None if minutes is None else 60.0 * minutes
     if guard.policy == "rollback" and resume_ckpt is None:  # something to roll back to
         save_checkpoint(_payload(cfg, info, parts, optimizers, schedulers, batches, 0, 0.0,
                                  guard), run_dir)
     epoch = batches.epoch
-    bar = tqdm(total=total, initial=step, disable=not cfg.trainer.progress, dynamic_ncols=True,
+    bar = tqdm(total=total if total < 2**62 else None, initial=step, disable=not cfg.trainer.progress, dynamic_ncols=True,
                desc=f"train {cfg.model.name}")
     with StopRequested() as stop:
         while step < total:
@@ -119,6 +125,8 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
                             f"{step}, learning rates x{guard.lr_factor}", step)
                 bar.n = step
                 continue
+            if max_seconds and elapsed + time.perf_counter() - t_start >= max_seconds:
+                total = step  # the wall-clock budget is spent: this step is the last
             for key, value in out.items():
                 window[key].append(float(value.detach()) if torch.is_tensor(value)
                                    else float(value))
@@ -252,43 +260,3 @@ def _hparams(cfg: DictConfig) -> dict:
             "seed": cfg.seed, "lr": cfg.optim.lr, "batch_size": cfg.trainer.batch_size,
             "sampler": str(cfg.sampler.get("_target_", "")).rsplit(".", 1)[-1],
             "sampler_steps": int(cfg.sampler.get("steps", 0) or 0)}
-
-
-def sample(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict:
-    """Draw ``cfg.sample.n`` samples from a trained model; writes samples.pt/png, metrics.
-
-    ``ckpt=None``: a model that needs no training (e.g. ``model=analytic``), built from
-    ``cfg`` with the configured dataset's shape and box.
-    """
-    info = (DataInfo(**{k: tuple(v) for k, v in ckpt["data_info"].items()})
-            if ckpt is not None else data_info_of(load_data(cfg)))
-    parts = build_components(cfg, info)
-    if ckpt is not None:
-        load_model_state(parts.model, ckpt)
-    parts.model.eval()
-    generator = torch.Generator(device=parts.device).manual_seed(cfg.seed)
-    snapshot_every = cfg.sample.snapshot_every
-    chunks, chain, stats, traces = [], [], defaultdict(list), {}
-    remaining = cfg.sample.n
-    with tqdm(total=cfg.sample.n, desc=f"sample {cfg.model.name}", dynamic_ncols=True) as bar:
-        while remaining > 0:
-            n = min(remaining, cfg.sample.batch_size)
-            every = snapshot_every if snapshot_every is not None else 0
-            if not chunks and every == 0:  # points: every step, for smooth trajectories
-                every = max((cfg.sample.steps or 64) // 8, 1) if info.is_image else 1
-            result = parts.objective.generate(n, steps=cfg.sample.steps, generator=generator,
-                                              snapshot_every=every)
-            chunks.append(result.x.float().cpu())
-            chain = chain or result.chain
-            traces = traces or {k: v for k, v in result.stats.items() if torch.is_tensor(v)}
-            for key, value in result.summary().items():
-                stats[key].append(value)
-            remaining -= n
-            bar.update(n)
-    samples = torch.cat(chunks)
-    metrics = {"task": "sample", "model": cfg.model.name, "n": len(samples),
-               "checkpoint": ckpt["path"] if ckpt else None,
-               "checkpoint_step": ckpt["step"] if ckpt else 0,
-               **{f"sampler/{k}": sum(v) / len(v) for k, v in stats.items()}}
-    write_samples(run_dir, samples, chain, info, metrics, traces)
-    return metrics

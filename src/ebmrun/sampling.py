@@ -1,0 +1,55 @@
+"""``task=sample``: draw samples from a trained model (or one that needs no training)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from ebmrun.build import build_components, data_info_of, load_data
+from ebmrun.checkpoint import load_model_state
+from ebmrun.objectives.base import DataInfo
+from ebmrun.outputs import write_samples
+
+
+def sample(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict:
+    """Draw ``cfg.sample.n`` samples from a trained model; writes samples.pt/png, metrics.
+
+    ``ckpt=None``: a model that needs no training (e.g. ``model=analytic``), built from
+    ``cfg`` with the configured dataset's shape and box.
+    """
+    info = (DataInfo(**{k: tuple(v) for k, v in ckpt["data_info"].items()})
+            if ckpt is not None else data_info_of(load_data(cfg)))
+    parts = build_components(cfg, info)
+    if ckpt is not None:
+        load_model_state(parts.model, ckpt)
+    parts.model.eval()
+    generator = torch.Generator(device=parts.device).manual_seed(cfg.seed)
+    snapshot_every = cfg.sample.snapshot_every
+    chunks, chain, stats, traces = [], [], defaultdict(list), {}
+    remaining = cfg.sample.n
+    with tqdm(total=cfg.sample.n, desc=f"sample {cfg.model.name}", dynamic_ncols=True) as bar:
+        while remaining > 0:
+            n = min(remaining, cfg.sample.batch_size)
+            every = snapshot_every if snapshot_every is not None else 0
+            if not chunks and every == 0:  # points: every step, for smooth trajectories
+                every = max((cfg.sample.steps or 64) // 8, 1) if info.is_image else 1
+            result = parts.objective.generate(n, steps=cfg.sample.steps, generator=generator,
+                                              snapshot_every=every)
+            chunks.append(result.x.float().cpu())
+            chain = chain or result.chain
+            traces = traces or {k: v for k, v in result.stats.items() if torch.is_tensor(v)}
+            for key, value in result.summary().items():
+                stats[key].append(value)
+            remaining -= n
+            bar.update(n)
+    samples = torch.cat(chunks)
+    metrics = {"task": "sample", "model": cfg.model.name, "n": len(samples),
+               "checkpoint": ckpt["path"] if ckpt else None,
+               "checkpoint_step": ckpt["step"] if ckpt else 0,
+               **{f"sampler/{k}": sum(v) / len(v) for k, v in stats.items()}}
+    write_samples(run_dir, samples, chain, info, metrics, traces)
+    return metrics
