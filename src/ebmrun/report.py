@@ -77,12 +77,18 @@ def collect(sweep_dir: Path) -> list[JobRow]:
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir} is not a directory (fix: pass a multirun dir, e.g. "
                         f"outputs/multirun/<timestamp>_<id>)")
-    jobs = [d for d in sorted(sweep_dir.iterdir()) if d.is_dir() and (
-        (d / ".hydra").is_dir() or (d / "metrics.json").is_file() or (d / "error.txt").is_file())]
+    # An override value with "/" (e.g. trainer.objective_metric=eval/samples/frechet) nests
+    # the job dir, so look at any depth for the files that mark a job.
+    markers = [*sweep_dir.rglob(".hydra"), *sweep_dir.rglob("metrics.json"),
+               *sweep_dir.rglob("error.txt")]
+    jobs = sorted({m.parent for m in markers if m.parent != sweep_dir})
     if not jobs:
         raise UserError(f"{sweep_dir} holds no job dirs (fix: pass the dir that `ebmrun -m` "
                         f"printed, which contains 0_<overrides>, 1_<overrides>, ...)")
-    return [read_job(d) for d in jobs]
+    rows = [read_job(d) for d in jobs]
+    for row, job_dir in zip(rows, jobs):
+        row.name = str(job_dir.relative_to(sweep_dir))  # "<num>_<overrides>[/...]"
+    return rows
 
 
 def sort_rows(rows: list[JobRow], sort_key: str | None, maximize: bool) -> list[JobRow]:
