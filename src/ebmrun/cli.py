@@ -172,7 +172,8 @@ def _run_train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         cfg = merge_overrides(ckpt["config"], cfg, overrides)
         validate_config(cfg)
         max_steps = cfg.trainer.max_steps
-        if max_steps is not None and ckpt["step"] >= max_steps:  # before touching the run dir
+        finished = (Path(ckpt["path"]).parent / "metrics.json").exists()
+        if finished and max_steps is not None and ckpt["step"] >= max_steps:  # before any write
             raise UserError(f"this run already finished ({ckpt['step']} of {max_steps} steps) "
                             f"(fix: resume with a larger budget, e.g. "
                             f"trainer.max_steps={max(max_steps, 1) * 2})")

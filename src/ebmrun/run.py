@@ -78,7 +78,10 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
     if resume_ckpt is not None and minutes is not None and elapsed >= 60.0 * minutes:
         raise UserError(f"this run already used its {minutes:g}-minute budget (fix: resume "
                         f"with a larger one, e.g. trainer.max_minutes={2 * minutes:g})")
-    if resume_ckpt is not None and step >= total:
+    # Killed after its last checkpoint but before metrics.json: only the ending is missing.
+    ending_only = resume_ckpt is not None and step >= total and not (
+        run_dir / "metrics.json").exists()
+    if resume_ckpt is not None and step >= total and not ending_only:
         raise UserError(f"this run already finished ({step} of {total} steps) (fix: resume with "
                         f"a larger budget, e.g. trainer.max_steps={total * 2})")
 
@@ -86,7 +89,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
     if resume_ckpt is None:
         logger.text("config", OmegaConf.to_yaml(cfg))
     window: dict[str, list[float]] = defaultdict(list)
-    final: dict[str, float] = {}
+    final: dict[str, float] = dict(resume_ckpt.get("last_scalars", {})) if resume_ckpt else {}
     images_seen, t_start = 0, time.perf_counter()
     eval_every, last_eval = cfg.eval.every, {}
     max_seconds = None if minutes is None else 60.0 * minutes
@@ -145,7 +148,8 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
                 last_eval = report.metrics
             if step % cfg.trainer.ckpt_every == 0 or step == total or stop.signal:
                 save_checkpoint(_payload(cfg, info, parts, optimizers, schedulers, batches, step,
-                                         elapsed + time.perf_counter() - t_start, guard), run_dir)
+                                         elapsed + time.perf_counter() - t_start, guard, final),
+                                run_dir)
             bar.update(1)
             if stop.signal:
                 break
@@ -215,7 +219,7 @@ def _final_samples(objective, info: DataInfo, run_dir: Path, logger: RunLogger, 
 
 
 def _payload(cfg, info: DataInfo, parts, optimizers, schedulers, batches, step: int,
-             elapsed: float, guard: DivergenceGuard) -> dict:
+             elapsed: float, guard: DivergenceGuard, final: dict | None = None) -> dict:
     rng = {"torch": torch.get_rng_state(), "sampler": parts.generator.get_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -224,7 +228,8 @@ def _payload(cfg, info: DataInfo, parts, optimizers, schedulers, batches, step: 
             "optimizers": [o.state_dict() for o in optimizers],
             "schedulers": [s.state_dict() for s in schedulers], "step": step,
             "epoch": batches.epoch, "batches": batches.state_dict(), "rng": rng,
-            "elapsed_s": elapsed, "divergence": guard.state_dict()}
+            "elapsed_s": elapsed, "divergence": guard.state_dict(),
+            "last_scalars": dict(final or {})}
 
 
 def _restore(ckpt: dict, parts, optimizers, schedulers, batches,
