@@ -20,6 +20,7 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from ebmrun.checkpoint import load_model_state
 from ebmrun.config import check_values
 from ebmrun.data.base import BatchIterator, InMemoryData
 from ebmrun.device import resolve_device
@@ -162,6 +163,21 @@ def build_components(cfg: DictConfig, data_info: DataInfo) -> Components:
     objective = instantiate(cfg.model.objective, "model.objective", model=model,
                             sampler=sampler, data=data_info, generator=generator)
     return Components(device, model, sampler, objective, generator)
+
+
+def build_trained(cfg: DictConfig, ckpt: dict | None,
+                  data: InMemoryData | None = None) -> tuple[Components, DataInfo]:
+    """The components of a trained model for ``task=sample``/``eval``: built with the data
+    info saved in ``ckpt`` and its weights loaded; ``ckpt=None`` builds a model that needs
+    no training from ``cfg`` and the configured dataset (``data``, loaded if not given)."""
+    if ckpt is None:
+        info = data_info_of(data if data is not None else load_data(cfg))
+    else:
+        info = DataInfo(**{k: tuple(v) for k, v in ckpt["data_info"].items()})
+    parts = build_components(cfg, info)
+    if ckpt is not None:
+        load_model_state(parts.model, ckpt)
+    return parts, info
 
 
 def load_data(cfg: DictConfig) -> InMemoryData:

@@ -167,21 +167,12 @@ def preflight(argv: list[str]) -> list[str]:
 
 
 def _run_train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
+    ckpt = None
     if cfg.resume:
         ckpt = load_checkpoint(cfg.resume)
         cfg = merge_overrides(ckpt["config"], cfg, overrides)
-        validate_config(cfg)
-        max_steps = cfg.trainer.max_steps
-        finished = (Path(ckpt["path"]).parent / "metrics.json").exists()
-        if finished and max_steps is not None and ckpt["step"] >= max_steps:  # before any write
-            raise UserError(f"this run already finished ({ckpt['step']} of {max_steps} steps) "
-                            f"(fix: resume with a larger budget, e.g. "
-                            f"trainer.max_steps={max(max_steps, 1) * 2})")
-        atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
-        return train(cfg, run_dir, resume_ckpt=ckpt)
     validate_config(cfg)
-    atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
-    return train(cfg, run_dir)
+    return train(cfg, run_dir, resume_ckpt=ckpt)  # writes config.yaml once resumable
 
 
 def _from_checkpoint(task: Callable[[DictConfig, Path, dict | None], dict], done: str

@@ -14,6 +14,7 @@ and adds the generic ones wherever they apply:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,8 +22,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from ebmrun.build import build_components, data_info_of, load_data
-from ebmrun.checkpoint import atomic_write_bytes, atomic_write_json, load_model_state
+from ebmrun.build import build_trained, load_data
+from ebmrun.checkpoint import atomic_write_bytes, atomic_write_json
 from ebmrun.config import EvalConfig
 from ebmrun.data.base import InMemoryData
 from ebmrun.errors import UserError
@@ -32,7 +33,7 @@ from ebmrun.metrics.inception import inception_fid
 from ebmrun.metrics.normaliser import grid_report
 from ebmrun.metrics.ood import auroc, flipped, uniform_noise_like
 from ebmrun.metrics.sample_quality import real_floor, sample_quality
-from ebmrun.objectives.base import DataInfo, EvalReport, Objective
+from ebmrun.objectives.base import EvalReport, Objective
 from ebmrun.outputs import png_bytes
 
 # The natural outlier set of each MNIST-like dataset (same shape, different content).
@@ -106,16 +107,22 @@ def _energy_metrics(cfg: DictConfig, objective: Objective, data: InMemoryData, t
 
 
 def _other_test_split(cfg: DictConfig, name: str, n: int) -> Tensor:
-    """The test split of dataset ``name`` (same root and value range as the run's data)."""
+    """The first ``n`` test items of dataset ``name`` (same root and value range as the
+    run's data)."""
+    return _load_other(name, cfg.dataset.get("root"), tuple(cfg.dataset.value_range))[:n]
+
+
+@functools.lru_cache(maxsize=2)
+def _load_other(name: str, root: str | None, value_range: tuple[float, float]) -> Tensor:
+    """Read once per process: periodic evaluation would otherwise re-read the files."""
     from ebmrun.data.idx import load_idx_dataset
 
     try:
-        other = load_idx_dataset(name=name, root=cfg.dataset.get("root"), download=False,
-                                 value_range=tuple(cfg.dataset.value_range))
+        other = load_idx_dataset(name=name, root=root, download=False, value_range=value_range)
     except UserError as exc:
         raise UserError(f"eval.ood lists 'other' but {name} is missing ({exc}) (fix: add the "
                         f"files, or drop it: eval.ood=[noise,flip])") from None
-    return other.to_float(other.test[:n])
+    return other.to_float(other.test)
 
 
 def _sample_quality(cfg: DictConfig, objective: Objective, data: InMemoryData, test: Tensor,
@@ -152,15 +159,11 @@ def eval_task(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict:
     """``task=eval``: metrics of a checkpoint (or of a model that needs no training) written
     to ``metrics.json`` (with any tables), ``eval_<figure>.png`` and TensorBoard."""
     data = load_data(cfg)
-    info = (DataInfo(**{k: tuple(v) for k, v in ckpt["data_info"].items()})
-            if ckpt is not None else data_info_of(data))
-    if ckpt is not None and tuple(info.item_shape) != tuple(data.item_shape):
+    parts, info = build_trained(cfg, ckpt, data)
+    if tuple(info.item_shape) != tuple(data.item_shape):
         raise UserError(f"the checkpoint was trained on items of shape {info.item_shape} but "
                         f"dataset {data.name} has {data.item_shape} (fix: evaluate on the "
                         f"checkpoint's own dataset)")
-    parts = build_components(cfg, info)
-    if ckpt is not None:
-        load_model_state(parts.model, ckpt)
     step = int(ckpt["step"]) if ckpt is not None else 0
     report = evaluate_model(cfg, parts.objective, data, parts.device)
     logger = RunLogger(run_dir)

@@ -7,6 +7,7 @@ Checkpoint payload (``last.pt``): ``config`` (the composed config as a dict), ``
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from collections import defaultdict
@@ -19,8 +20,8 @@ from tqdm import tqdm
 
 from ebmrun.build import (build_components, data_info_of, load_data, make_batches,
                           optim_settings)
-from ebmrun.checkpoint import (CKPT_NAME, atomic_write_json, load_checkpoint, load_model_state,
-                               save_checkpoint)
+from ebmrun.checkpoint import (CKPT_NAME, atomic_write_bytes, atomic_write_json, load_checkpoint,
+                               load_model_state, save_checkpoint)
 from ebmrun.divergence import DivergenceGuard
 from ebmrun.errors import UserError
 from ebmrun.evaluation import evaluate_model, log_report
@@ -52,11 +53,12 @@ class StopRequested:
             signal.signal(sig, handler)
 
 
-def total_steps(cfg: DictConfig, batches_per_epoch: int) -> int:
-    """The step budget (``trainer.max_minutes`` may end the run earlier)."""
+def total_steps(cfg: DictConfig, batches_per_epoch: int) -> float:
+    """The step budget; ``inf`` when only ``trainer.max_minutes`` limits the run (which may
+    also end a step-limited run earlier)."""
     limits = [cfg.trainer.max_steps,
               None if cfg.trainer.max_epochs is None else cfg.trainer.max_epochs * batches_per_epoch]
-    return min((v for v in limits if v is not None), default=2**62)
+    return min((v for v in limits if v is not None), default=math.inf)
 
 
 def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> dict:
@@ -78,12 +80,12 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
     if resume_ckpt is not None and minutes is not None and elapsed >= 60.0 * minutes:
         raise UserError(f"this run already used its {minutes:g}-minute budget (fix: resume "
                         f"with a larger one, e.g. trainer.max_minutes={2 * minutes:g})")
-    # Killed after its last checkpoint but before metrics.json: only the ending is missing.
-    ending_only = resume_ckpt is not None and step >= total and not (
-        run_dir / "metrics.json").exists()
-    if resume_ckpt is not None and step >= total and not ending_only:
+    # A run killed after its last checkpoint but before metrics.json still needs its ending.
+    if resume_ckpt is not None and step >= total and (run_dir / "metrics.json").exists():
         raise UserError(f"this run already finished ({step} of {total} steps) (fix: resume with "
-                        f"a larger budget, e.g. trainer.max_steps={total * 2})")
+                        f"a larger budget, e.g. trainer.max_steps={max(total, 1) * 2})")
+    # Written only now: a refused resume leaves the run dir as it was.
+    atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
 
     logger = RunLogger(run_dir, purge_step=step if resume_ckpt else None)
     if resume_ckpt is None:
@@ -97,8 +99,8 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
         save_checkpoint(_payload(cfg, info, parts, optimizers, schedulers, batches, 0, 0.0,
                                  guard), run_dir)
     epoch = batches.epoch
-    bar = tqdm(total=total if total < 2**62 else None, initial=step, disable=not cfg.trainer.progress, dynamic_ncols=True,
-               desc=f"train {cfg.model.name}")
+    bar = tqdm(total=None if math.isinf(total) else total, initial=step, dynamic_ncols=True,
+               disable=not cfg.trainer.progress, desc=f"train {cfg.model.name}")
     with StopRequested() as stop:
         while step < total:
             x = data.to_float(train_set[batches.next_indices().to(device)])

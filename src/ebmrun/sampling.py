@@ -9,9 +9,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from ebmrun.build import build_components, data_info_of, load_data
-from ebmrun.checkpoint import load_model_state
-from ebmrun.objectives.base import DataInfo
+from ebmrun.build import build_trained
 from ebmrun.outputs import write_samples
 
 
@@ -21,11 +19,7 @@ def sample(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict:
     ``ckpt=None``: a model that needs no training (e.g. ``model=analytic``), built from
     ``cfg`` with the configured dataset's shape and box.
     """
-    info = (DataInfo(**{k: tuple(v) for k, v in ckpt["data_info"].items()})
-            if ckpt is not None else data_info_of(load_data(cfg)))
-    parts = build_components(cfg, info)
-    if ckpt is not None:
-        load_model_state(parts.model, ckpt)
+    parts, info = build_trained(cfg, ckpt)
     parts.model.eval()
     generator = torch.Generator(device=parts.device).manual_seed(cfg.seed)
     snapshot_every = cfg.sample.snapshot_every
