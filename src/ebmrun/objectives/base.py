@@ -9,6 +9,7 @@ and which pictures show progress. Objectives that need several optimizers (GANs)
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -63,12 +64,15 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
 
-def make_optimizer(params, settings: OptimSettings, **overrides) -> torch.optim.Optimizer:
-    """Build the optimizer named in ``settings`` (``overrides`` replace lr/betas per network)."""
-    kwargs = {"lr": settings.lr, "weight_decay": settings.weight_decay}
+def make_optimizer(params, settings: OptimSettings, lr: float | None = None,
+                   betas: Sequence[float] | None = None, **adam_options) -> torch.optim.Optimizer:
+    """Build the optimizer named in ``settings``. A model's own ``lr``/``betas`` (e.g. per
+    network) replace the settings' where not None; betas and ``adam_options`` (e.g.
+    ``fused``) apply to adam/adamw only."""
+    kwargs = {"lr": settings.lr if lr is None else lr, "weight_decay": settings.weight_decay}
     if settings.name in ("adam", "adamw"):
-        kwargs["betas"] = tuple(settings.betas)
-    kwargs.update(overrides)
+        kwargs["betas"] = tuple(settings.betas if betas is None else betas)
+        kwargs.update(adam_options)
     return OPTIMIZERS[settings.name](params, **kwargs)
 
 

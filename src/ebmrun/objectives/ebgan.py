@@ -144,14 +144,10 @@ class EBGANObjective(Objective):
 
     def configure_optimizers(self, settings: OptimSettings) -> list[torch.optim.Optimizer]:
         """``[generator optimizer, discriminator optimizer]`` (per-network lr/betas)."""
-        def build(params, net: str) -> torch.optim.Optimizer:
-            overrides = {"lr": self.lr[net]} if self.lr[net] is not None else {}
-            if self.betas[net] is not None and settings.name in ("adam", "adamw"):
-                overrides["betas"] = tuple(self.betas[net])
-            return make_optimizer(params, settings, **overrides)
-
-        self._opt_g = build(self.model.generator.parameters(), "g")
-        self._opt_d = build(self.model.discriminator.parameters(), "d")
+        self._opt_g = make_optimizer(self.model.generator.parameters(), settings,
+                                     self.lr["g"], self.betas["g"])
+        self._opt_d = make_optimizer(self.model.discriminator.parameters(), settings,
+                                     self.lr["d"], self.betas["d"])
         return [self._opt_g, self._opt_d]
 
     def training_step(self, x: Tensor) -> dict[str, Tensor]:

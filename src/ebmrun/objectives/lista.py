@@ -117,15 +117,11 @@ class LISTAObjective(Objective):
             self._load_dictionary(self.dictionary)
             self.model.init_from_dictionary()
 
-        def build(params, lr: float | None) -> torch.optim.Optimizer:
-            overrides: dict = {} if lr is None else {"lr": lr}
-            if self.betas is not None and settings.name in ("adam", "adamw"):
-                overrides["betas"] = tuple(self.betas)
-            return make_optimizer(params, settings, **overrides)
-
-        self._optimizers = [build(self.model.lista_parameters(), self.lr)]
+        self._optimizers = [make_optimizer(self.model.lista_parameters(), settings, self.lr,
+                                           self.betas)]
         if self.dictionary is None:  # a frozen dictionary gets no optimizer (nor its state)
-            self._optimizers.append(build([self.model.coder.weight], self.dictionary_lr))
+            self._optimizers.append(make_optimizer([self.model.coder.weight], settings,
+                                                   self.dictionary_lr, self.betas))
         self._base_lrs = [group["lr"] for group in self._optimizers[0].param_groups]
         return self._optimizers
 

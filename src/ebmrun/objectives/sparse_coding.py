@@ -128,10 +128,7 @@ class SparseCodingObjective(Objective):
         self._last_codes: Tensor | None = None
 
     def configure_optimizers(self, settings: OptimSettings) -> list[torch.optim.Optimizer]:
-        overrides: dict = {} if self.lr is None else {"lr": self.lr}
-        if self.betas is not None and settings.name in ("adam", "adamw"):
-            overrides["betas"] = tuple(self.betas)
-        self._optimizer = make_optimizer([self.model.weight], settings, **overrides)
+        self._optimizer = make_optimizer([self.model.weight], settings, self.lr, self.betas)
         return [self._optimizer]
 
     def training_step(self, x: Tensor) -> dict[str, Tensor]:
