@@ -15,8 +15,9 @@ from ebmrun.build import build_components, validate_config
 from ebmrun.cli import CONFIG_DIR
 from ebmrun.models.analytic import GaussianEnergy, GaussianMixture, build_analytic_energy
 from ebmrun.objectives.base import DataInfo
-from ebmrun.samplers import (HMC, MALA, SAMPLERS, AnnealedLangevin, Langevin,
-                             RandomWalkMetropolis, ReplicaExchange, Sampler, StepSizeAdapter)
+from ebmrun.samplers import (HMC, MALA, SAMPLERS, AnnealedLangevin,
+                             DenoisingChain, Langevin, RandomWalkMetropolis, ReplicaExchange,
+                             Sampler, StepSizeAdapter)
 from ebmrun.samplers.base import in_box, reflect_into_box
 
 from conftest import compose_config
@@ -42,6 +43,7 @@ FAST: dict[str, Callable[..., Sampler]] = {
                                                      swap_every=2, **kw),
     "replica_exchange_langevin": lambda **kw: ReplicaExchange(
         num_replicas=2, max_temperature=3.0, swap_every=1, move="langevin", **kw),
+    "dae_chain": lambda **kw: DenoisingChain(sigma=0.1, **kw),
 }
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 STEPS = 7

@@ -25,6 +25,9 @@ class InMemoryData:
         box: the box samplers start from (uniform) and clamp to, ``(low, high)``; for
             images it equals ``value_range``.
         train_labels / test_labels: ``(N,)`` int64 class labels, or ``None``.
+        binarize: ``"dynamic"`` when the items are pixel probabilities to be binarised by a
+            fresh Bernoulli draw each time they are used (done by objectives that model
+            binary data, with their checkpointed generator), else ``None``.
     """
 
     name: str
@@ -35,6 +38,7 @@ class InMemoryData:
     train_labels: Tensor | None = None
     test_labels: Tensor | None = None
     classes: list[str] = field(default_factory=list)
+    binarize: str | None = None
 
     @property
     def item_shape(self) -> tuple[int, ...]:

@@ -115,8 +115,14 @@ def _load_split(name: str, raw: Path, split: str) -> tuple[Tensor, Tensor]:
             torch.from_numpy(labels.astype(np.int64)))
 
 
+# dataset.binarize choices: null (grey values) | dynamic (a fresh Bernoulli draw of every
+# training image each time it is used, made by the objective; see InMemoryData.binarize).
+BINARIZE_CHOICES = (None, "dynamic")
+
+
 def load_idx_dataset(name: str, root: str | None = None, download: bool = False,
-                     value_range: tuple[float, float] = (-1.0, 1.0)) -> InMemoryData:
+                     value_range: tuple[float, float] = (-1.0, 1.0),
+                     binarize: str | None = None) -> InMemoryData:
     """Load MNIST or Fashion-MNIST into memory.
 
     Args:
@@ -125,6 +131,8 @@ def load_idx_dataset(name: str, root: str | None = None, download: bool = False,
             :func:`~ebmrun.data.root.resolve_data_root` for the default).
         download: fetch missing files with torchvision (needs network and a writable root).
         value_range: range of ``to_float`` output, ``(low, high)`` (a list is accepted).
+        binarize: ``None`` or ``"dynamic"`` (binarised-MNIST benchmark; needs
+            ``value_range=[0, 1]``: grey values are the Bernoulli probabilities).
 
     Returns:
         InMemoryData with train ``(60000, 1, 28, 28)`` and test ``(10000, 1, 28, 28)`` uint8
@@ -135,6 +143,12 @@ def load_idx_dataset(name: str, root: str | None = None, download: bool = False,
         raise UserError(f"unknown IDX dataset {name!r}; fix: set dataset.name to one of "
                         f"{', '.join(sorted(IDX_DATASETS))}")
     value_range = as_range(value_range, "dataset.value_range")
+    if binarize not in BINARIZE_CHOICES:
+        raise UserError(f"dataset.binarize={binarize} is invalid (choose from: null, dynamic)")
+    if binarize is not None and value_range != (0.0, 1.0):
+        raise UserError(f"dataset.binarize={binarize} needs grey values in [0, 1] as the "
+                        f"pixel probabilities, got value_range {list(value_range)} "
+                        f"(fix: dataset.value_range=[0,1])")
     data_root = resolve_data_root(root)
     folder = f"{spec.folder}/raw"
     required = [f"{folder}/{f}" for pair in IDX_FILES.values() for f in pair]
@@ -155,4 +169,4 @@ def load_idx_dataset(name: str, root: str | None = None, download: bool = False,
     test, test_labels = _load_split(name, raw, "test")
     return InMemoryData(name=name, train=train, test=test, value_range=value_range,
                         box=value_range, train_labels=train_labels, test_labels=test_labels,
-                        classes=list(spec.classes))
+                        classes=list(spec.classes), binarize=binarize)

@@ -6,6 +6,7 @@ config names to the classes.
 
 from ebmrun.samplers.annealed_langevin import AnnealedLangevin
 from ebmrun.samplers.base import EnergyFn, Sampler, SampleResult, energy_and_grad
+from ebmrun.samplers.dae_chain import DenoisingChain
 from ebmrun.samplers.hmc import HMC
 from ebmrun.samplers.langevin import Langevin
 from ebmrun.samplers.mala import MALA
@@ -20,8 +21,9 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "rw_metropolis": RandomWalkMetropolis,
     "annealed_langevin": AnnealedLangevin,
     "replica_exchange": ReplicaExchange,
+    "dae_chain": DenoisingChain,
 }
 
 __all__ = ["EnergyFn", "Sampler", "SampleResult", "energy_and_grad", "Langevin", "MALA", "HMC",
-           "RandomWalkMetropolis", "AnnealedLangevin", "ReplicaExchange", "MetropolisSampler",
-           "StepSizeAdapter", "SAMPLERS"]
+           "RandomWalkMetropolis", "AnnealedLangevin", "ReplicaExchange", "DenoisingChain",
+           "MetropolisSampler", "StepSizeAdapter", "SAMPLERS"]
