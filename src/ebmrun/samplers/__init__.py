@@ -7,6 +7,7 @@ config names to the classes.
 from ebmrun.samplers.annealed_langevin import AnnealedLangevin
 from ebmrun.samplers.base import EnergyFn, Sampler, SampleResult, energy_and_grad
 from ebmrun.samplers.dae_chain import DenoisingChain
+from ebmrun.samplers.gibbs import BlockGibbs
 from ebmrun.samplers.hmc import HMC
 from ebmrun.samplers.langevin import Langevin
 from ebmrun.samplers.mala import MALA
@@ -24,6 +25,11 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "dae_chain": DenoisingChain,
 }
 
+# Samplers that need a model's structure, not only its energy (block Gibbs needs the RBM's
+# conditionals): configured in conf/sampler/ too, but outside the energy-only contract tests.
+STRUCTURED_SAMPLERS: dict[str, type[Sampler]] = {"gibbs": BlockGibbs}
+
 __all__ = ["EnergyFn", "Sampler", "SampleResult", "energy_and_grad", "Langevin", "MALA", "HMC",
            "RandomWalkMetropolis", "AnnealedLangevin", "ReplicaExchange", "DenoisingChain",
-           "MetropolisSampler", "StepSizeAdapter", "SAMPLERS"]
+           "MetropolisSampler", "StepSizeAdapter", "SAMPLERS", "BlockGibbs",
+           "STRUCTURED_SAMPLERS"]
