@@ -49,6 +49,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("negative sampler steps", ["sampler.steps=-3"], "sampler steps must be >= 0"),
     ("bad divergence policy", ["trainer.on_divergence=panic"], "trainer.on_divergence"),
     ("bad ood set", ["eval.ood=[cats]"], "eval.ood"),
+    ("sweep resume without -m", ["sweep.resume=true"], "sweep.resume=true resumes a multirun"),
     # checkpoints
     ("sample without ckpt", ["task=sample"], "task=sample needs a checkpoint"),
     ("sample.n = 0", ["task=sample", "ckpt={ckpt}", "sample.n=0"], "sample.n=0 is invalid"),

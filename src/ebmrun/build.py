@@ -24,6 +24,7 @@ from ebmrun.checkpoint import load_model_state
 from ebmrun.config import check_values
 from ebmrun.data.base import BatchIterator, InMemoryData
 from ebmrun.device import resolve_device
+from ebmrun.distributed import rank_seed
 from ebmrun.errors import UserError
 from ebmrun.objectives.base import OPTIMIZERS, DataInfo, Objective, OptimSettings
 from ebmrun.samplers.base import Sampler
@@ -159,7 +160,8 @@ def build_components(cfg: DictConfig, data_info: DataInfo) -> Components:
     model = model.to(device)
     node, box_from_data = sampler_node(cfg)
     sampler = instantiate(node, "sampler", **({"box": list(data_info.box)} if box_from_data else {}))
-    generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    # Under DDP each rank samples its own negatives / replay buffer: seeds differ by rank.
+    generator = torch.Generator(device=device).manual_seed(rank_seed(cfg.seed + 1))
     objective = instantiate(cfg.model.objective, "model.objective", model=model,
                             sampler=sampler, data=data_info, generator=generator)
     return Components(device, model, sampler, objective, generator)

@@ -8,6 +8,7 @@ on stderr with exit code 2 — no traceback, no half-made run dir.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
@@ -25,6 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ebmrun import distributed, sweeps
 from ebmrun.build import validate_config
 from ebmrun.checkpoint import CKPT_NAME, atomic_write_bytes, load_checkpoint
 from ebmrun.config import merge_overrides, register_configs
@@ -141,6 +143,7 @@ def preflight(argv: list[str]) -> list[str]:
     multirun = "-m" in flags or "--multirun" in flags
     own_dir = multirun or any(o.startswith("hydra.run.dir=") for o in overrides)
     check_writable(_chosen_output_dir(overrides, multirun))
+    sweeps.check_plugins(overrides)
     try:
         with hydra.initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             cfg = hydra.compose("config", overrides=_first_of_sweeps(overrides))
@@ -148,6 +151,7 @@ def preflight(argv: list[str]) -> list[str]:
         raise UserError(hydra_error_message(exc)) from None
     if cfg.task not in TASKS:
         raise UserError(f"unknown task '{cfg.task}' (choose from: {', '.join(TASKS)})")
+    sweeps.check_resume(cfg.sweep.resume, multirun, overrides)
     if cfg.resume:
         ckpt = load_checkpoint(cfg.resume)
         run_dir = Path(ckpt["path"]).parent
@@ -221,17 +225,29 @@ def hydra_entry(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    task, overrides = TASKS[cfg.task], list(hydra_cfg.overrides.task)
     try:
-        metrics = TASKS[cfg.task](cfg, run_dir, list(hydra_cfg.overrides.task))
+        if multirun and cfg.sweep.resume:  # skip finished jobs, continue interrupted ones
+            metrics = sweeps.run_job(cfg, run_dir, lambda: task(cfg, run_dir, overrides))
+        else:
+            metrics = task(cfg, run_dir, overrides)
     except UserError as exc:
         print(f"ebmrun: error: {_one_line(exc)}", file=sys.stderr)
         if multirun:  # record the failure and let the sweep go on
             atomic_write_bytes(run_dir / "error.txt", (_one_line(exc) + "\n").encode())
-            return None
-        _cleanup_failed_run_dir(run_dir, resumed=bool(cfg.resume))
+            return None  # sweepers record a failed trial (Optuna: hydra.sweeper.max_failure_rate)
+        if distributed.is_main():
+            _cleanup_failed_run_dir(run_dir, resumed=bool(cfg.resume))
         sys.exit(UserError.exit_code)
+    return objective_value(metrics)
+
+
+def objective_value(metrics: dict) -> float | None:
+    """The value a sweeper optimises: ``metrics["objective"]["value"]``; None if absent or
+    NaN (Optuna takes None as a failed trial but stops the whole search on a NaN)."""
     objective = metrics.get("objective")
-    return None if objective is None else float(objective["value"])
+    value = None if objective is None else float(objective["value"])
+    return None if value is None or math.isnan(value) else value
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -241,11 +257,15 @@ def main(argv: list[str] | None = None) -> None:
     if not INFO_FLAGS.intersection(argv):
         try:
             extra = preflight(argv)
+            extra += distributed.start(CONFIG_DIR, [*argv, *extra])  # torchrun: join, share dir
         except UserError as exc:
             print(f"ebmrun: error: {_one_line(exc)}", file=sys.stderr)
             sys.exit(UserError.exit_code)
     sys.argv = [sys.argv[0] if sys.argv else "ebmrun", *argv, *extra]
-    hydra_entry()
+    try:
+        hydra_entry()
+    finally:
+        distributed.stop()
 
 
 if __name__ == "__main__":

@@ -100,6 +100,14 @@ class DeviceConfig:
 
 
 @dataclass
+class SweepConfig:
+    """Multirun behaviour: ``resume`` re-runs a sweep into its existing ``hydra.sweep.dir``,
+    skipping finished jobs and resuming interrupted ones (see ebmrun.sweeps)."""
+
+    resume: bool = False
+
+
+@dataclass
 class ModelConfig:
     """A model family: its network (``net``) and its training recipe (``objective``)."""
 
@@ -122,6 +130,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def register_configs() -> None:

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from ebmrun import distributed as ddp
 from ebmrun.build import (build_components, data_info_of, load_data, make_batches,
                           optim_settings)
 from ebmrun.checkpoint import (CKPT_NAME, atomic_write_bytes, atomic_write_json, load_checkpoint,
@@ -75,6 +76,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
     step, elapsed = 0, 0.0
     if resume_ckpt is not None:
         step, elapsed = _restore(resume_ckpt, parts, optimizers, schedulers, batches, guard)
+    forward = ddp.step_function(objective, batches.batch_size)  # DDP under torchrun
     total = total_steps(cfg, batches.batches_per_epoch)
     minutes = cfg.trainer.max_minutes
     if resume_ckpt is not None and minutes is not None and elapsed >= 60.0 * minutes:
@@ -84,10 +86,12 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
     if resume_ckpt is not None and step >= total and (run_dir / "metrics.json").exists():
         raise UserError(f"this run already finished ({step} of {total} steps) (fix: resume with "
                         f"a larger budget, e.g. trainer.max_steps={max(total, 1) * 2})")
-    # Written only now: a refused resume leaves the run dir as it was.
-    atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
+    # Written only now: a refused resume leaves the run dir as it was. (DDP: rank 0 alone
+    # writes the run dir.)
+    if ddp.is_main():
+        atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
 
-    logger = RunLogger(run_dir, purge_step=step if resume_ckpt else None)
+    logger = ddp.run_logger(run_dir, purge_step=step if resume_ckpt else None)
     if resume_ckpt is None:
         logger.text("config", OmegaConf.to_yaml(cfg))
     window: dict[str, list[float]] = defaultdict(list)
@@ -95,23 +99,25 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
     images_seen, t_start = 0, time.perf_counter()
     eval_every, last_eval = cfg.eval.every, {}
     max_seconds = None if minutes is None else 60.0 * minutes
-    if guard.policy == "rollback" and resume_ckpt is None:  # something to roll back to
+    if guard.policy == "rollback" and resume_ckpt is None and ddp.is_main():  # to roll back to
         save_checkpoint(_payload(cfg, info, parts, optimizers, schedulers, batches, 0, 0.0,
                                  guard), run_dir)
     epoch = batches.epoch
     bar = tqdm(total=None if math.isinf(total) else total, initial=step, dynamic_ncols=True,
-               disable=not cfg.trainer.progress, desc=f"train {cfg.model.name}")
+               disable=not cfg.trainer.progress or not ddp.is_main(),
+               desc=f"train {cfg.model.name}")
     with StopRequested() as stop:
         while step < total:
-            x = data.to_float(train_set[batches.next_indices().to(device)])
+            x = data.to_float(train_set[ddp.shard(batches.next_indices()).to(device)])
             if batches.epoch != epoch:  # an epoch ended: per-epoch lr decay
                 epoch = batches.epoch
                 for scheduler in schedulers:
                     scheduler.step()
-            out = training_step(objective, optimizers, x, cfg.trainer.grad_clip)
+            out = training_step(objective, optimizers, x, cfg.trainer.grad_clip, forward)
             step += 1
-            images_seen += x.shape[0]
-            reason = guard.check(out)
+            images_seen += x.shape[0] * ddp.world_size()
+            timed_out = bool(max_seconds) and elapsed + time.perf_counter() - t_start >= max_seconds
+            reason, timed_out, stop.signal = ddp.agree(guard.check(out), timed_out, stop.signal)
             if reason is not None:
                 if not guard.can_roll_back((run_dir / CKPT_NAME).exists()):
                     logger.text("divergence", f"step {step}: {reason}; stopped", step)
@@ -124,13 +130,13 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
                 guard.scale_learning_rates(optimizers, guard.lr_factor)
                 epoch, window = batches.epoch, defaultdict(list)
                 logger.close()  # reopen: drop the events logged after the good checkpoint
-                logger = RunLogger(run_dir, purge_step=step)
+                logger = ddp.run_logger(run_dir, purge_step=step)
                 logger.scalars({"divergence/rollbacks": guard.rollbacks}, step)
                 logger.text("divergence", f"step {failed_step}: {reason}; rolled back to step "
                             f"{step}, learning rates x{guard.lr_factor}", step)
                 bar.n = step
                 continue
-            if max_seconds and elapsed + time.perf_counter() - t_start >= max_seconds:
+            if timed_out:
                 total = step  # the wall-clock budget is spent: this step is the last
             for key, value in out.items():
                 window[key].append(float(value.detach()) if torch.is_tensor(value)
@@ -142,13 +148,14 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
                 logger.scalars({f"lr/{i}": o.param_groups[0]["lr"]
                                 for i, o in enumerate(optimizers)}, step)
                 bar.set_postfix(loss=f"{final.get('loss', float('nan')):.4f}")
-            if step % cfg.trainer.image_every == 0 or step == total:
+            if (step % cfg.trainer.image_every == 0 or step == total) and ddp.is_main():
                 _log_pictures(objective, logger, data, x, step, cfg.seed)
-            if eval_every and (step % eval_every == 0 or step == total):
+            if eval_every and (step % eval_every == 0 or step == total) and ddp.is_main():
                 report = evaluate_model(cfg, objective, data, device)
                 log_report(report, logger, step)
                 last_eval = report.metrics
-            if step % cfg.trainer.ckpt_every == 0 or step == total or stop.signal:
+            if (step % cfg.trainer.ckpt_every == 0 or step == total or stop.signal) \
+                    and ddp.is_main():
                 save_checkpoint(_payload(cfg, info, parts, optimizers, schedulers, batches, step,
                                          elapsed + time.perf_counter() - t_start, guard, final),
                                 run_dir)
@@ -165,6 +172,9 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
         logger.close()
         raise UserError(f"interrupted by signal {stop.signal} at step {step}; checkpoint saved "
                         f"(resume with: ebmrun resume={run_dir})")
+    if not ddp.is_main():  # DDP: rank 0 writes the samples and metrics
+        logger.close()
+        return metrics
     _final_samples(objective, info, run_dir, logger, step, cfg.seed)
     metric_name = cfg.trainer.objective_metric
     if metric_name not in metrics:
@@ -180,10 +190,11 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
 
 
 def training_step(objective, optimizers: list[torch.optim.Optimizer], x: torch.Tensor,
-                  grad_clip: float | None) -> dict[str, torch.Tensor]:
+                  grad_clip: float | None, forward=None) -> dict[str, torch.Tensor]:
     """One optimisation step on batch ``x``: the objective's loss, backward, clip, update
-    (objectives with ``manual_optimization`` step their own optimizers)."""
-    out = objective.training_step(x)
+    (objectives with ``manual_optimization`` step their own optimizers). ``forward``:
+    what computes the losses (default ``objective.training_step``; DDP's wrapper of it)."""
+    out = (forward or objective.training_step)(x)
     if not objective.manual_optimization:
         optimizers[0].zero_grad(set_to_none=True)
         out["loss"].backward()
@@ -247,6 +258,7 @@ def _restore(ckpt: dict, parts, optimizers, schedulers, batches,
     batches.load_state_dict(ckpt["batches"])
     torch.set_rng_state(ckpt["rng"]["torch"])
     parts.generator.set_state(ckpt["rng"]["sampler"])
+    ddp.reseed_restored(parts.generator)  # DDP: ranks > 0 draw their own noise again
     if "cuda" in ckpt["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
     if guard is not None:
