@@ -55,3 +55,10 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Comp
     env = {**os.environ, "EBMRUN_DATA_DIR": str(_find_data_root()), "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "ebmrun", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_ok(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """:func:`run_cli` that must succeed (the failure shows the end of stderr)."""
+    proc = run_cli(args, cwd, timeout)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc

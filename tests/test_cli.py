@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, run_cli
+from conftest import TINY, run_cli, run_ok
 
 
 def _run_dirs(root: Path, task: str = "train") -> list[Path]:
@@ -27,8 +27,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained_run(workdir: Path) -> Path:
-    result = run_cli(TINY, workdir)
-    assert result.returncode == 0, result.stderr[-2000:]
+    run_ok(TINY, workdir)
     (run_dir,) = _run_dirs(workdir)
     return run_dir
 
@@ -44,17 +43,15 @@ def test_train_writes_the_run_dir_contract(trained_run: Path) -> None:
 
 
 def test_resume_then_sample(trained_run: Path, workdir: Path) -> None:
-    resumed = run_cli([f"resume={trained_run}", "trainer.max_steps=6"], workdir)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    run_ok([f"resume={trained_run}", "trainer.max_steps=6"], workdir)
     assert json.loads((trained_run / "metrics.json").read_text())["steps"] == 6
     assert _run_dirs(workdir) == [trained_run]  # same run dir, no new one
 
     again = run_cli([f"resume={trained_run}", "trainer.max_steps=6"], workdir)
     assert again.returncode == 2 and "already finished" in again.stderr
 
-    sampled = run_cli(["task=sample", f"ckpt={trained_run}", "sample.n=12", "sample.steps=5"],
-                      workdir)
-    assert sampled.returncode == 0, sampled.stderr[-2000:]
+    sampled = run_ok(["task=sample", f"ckpt={trained_run}", "sample.n=12", "sample.steps=5"],
+                     workdir)
     (sample_dir,) = _run_dirs(workdir, "sample")
     assert str(sample_dir) in sampled.stdout
     samples = torch.load(sample_dir / "samples.pt", weights_only=True)

@@ -17,7 +17,7 @@ from ebmrun.objectives.base import DataInfo
 from ebmrun.objectives.contrastive import Augment, info_nce, linear_probe, scatter_image
 from ebmrun.run import train
 
-from conftest import compose_config, run_cli
+from conftest import compose_config, run_ok
 
 MNIST = DataInfo((1, 28, 28), (-1.0, 1.0), (-1.0, 1.0))
 TINY_CONTRASTIVE = ["model=contrastive", "device=cpu", "trainer.batch_size=32",
@@ -115,12 +115,10 @@ def test_short_training_lowers_the_loss(tmp_path: Path, data_root: Path) -> None
 
 def test_cli_eval_reports_the_linear_probe(tmp_path: Path, data_root: Path) -> None:
     run = tmp_path / "run"
-    done = run_cli([*TINY_CONTRASTIVE, f"hydra.run.dir={run}"], tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    evaluated = run_cli(["task=eval", f"ckpt={run}", "device=cpu", "eval.max_test=500",
-                         "+model.objective.probe_train_items=2000", "eval.ood=[noise]",
-                         f"hydra.run.dir={tmp_path / 'eval'}"], tmp_path)
-    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    run_ok([*TINY_CONTRASTIVE, f"hydra.run.dir={run}"], tmp_path)
+    run_ok(["task=eval", f"ckpt={run}", "device=cpu", "eval.max_test=500",
+           "+model.objective.probe_train_items=2000", "eval.ood=[noise]",
+           f"hydra.run.dir={tmp_path / 'eval'}"], tmp_path)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["contrastive/probe_train_items"] == 2000
     assert 0.5 < metrics["contrastive/linear_probe_acc"] <= 1.0  # chance is 0.1

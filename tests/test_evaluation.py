@@ -14,7 +14,7 @@ import torch
 from ebmrun.metrics.normaliser import grid_energies, grid_report, histogram_density, log_normaliser
 from ebmrun.metrics.ood import auroc, flipped, uniform_noise_like
 from ebmrun.report import collect, csv_text, markdown, sort_rows, table
-from conftest import TINY, run_cli
+from conftest import TINY, run_cli, run_ok
 
 
 def test_auroc_perfect_separator_is_one() -> None:
@@ -81,9 +81,8 @@ def _only_dir(path: Path) -> Path:
 def test_eval_of_the_true_density_has_tiny_kl(tmp_path: Path) -> None:
     """task=eval without a checkpoint on model=analytic (the exact 8-Gaussians energy): the
     normaliser is exact, so KL(target || model) is ~0 and most noise looks unlikely."""
-    proc = run_cli(["task=eval", "model=analytic", "dataset=toy2d", "device=cpu",
-                    "eval.grid_size=200"], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_ok(["task=eval", "model=analytic", "dataset=toy2d", "device=cpu",
+                  "eval.grid_size=200"], cwd=tmp_path)
     run_dir = _only_dir(tmp_path / "outputs" / "eval" / "analytic-8gaussians")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["density/kl_target_model"] < 0.05, metrics
@@ -104,15 +103,13 @@ def test_eval_of_a_trained_mnist_model(tmp_path: Path, monkeypatch: pytest.Monke
     save_evaluator(stand_in, evaluator_path("mnist", cache), seed=0)
     monkeypatch.setenv("EBMRUN_CACHE_DIR", str(cache))
     small = ["eval.n_samples=20", "eval.max_test=100", "eval.sample_steps=2"]
-    proc = run_cli([*TINY, *small, "eval.every=2", "trainer.objective_metric=eval/ood/auroc_noise"],
-                   cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_ok([*TINY, *small, "eval.every=2", "trainer.objective_metric=eval/ood/auroc_noise"],
+           cwd=tmp_path)
     train_dir = _only_dir(tmp_path / "outputs" / "train" / "deep_ebm-mnist")
     trained = json.loads((train_dir / "metrics.json").read_text())
     assert trained["objective"]["name"] == "eval/ood/auroc_noise"
     assert 0.0 <= trained["objective"]["value"] <= 1.0
-    proc = run_cli(["task=eval", f"ckpt={train_dir}", *small], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_ok(["task=eval", f"ckpt={train_dir}", *small], cwd=tmp_path)
     metrics = json.loads((_only_dir(tmp_path / "outputs" / "eval" / "deep_ebm-mnist")
                           / "metrics.json").read_text())
     for key in ("samples/frechet", "samples/frechet_real_floor", "samples/classes_present",

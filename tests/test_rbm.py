@@ -22,7 +22,7 @@ from ebmrun.objectives.base import DataInfo
 from ebmrun.run import train
 from ebmrun.samplers.gibbs import BlockGibbs
 
-from conftest import compose_config, run_cli
+from conftest import compose_config, run_ok
 
 TINY_RBM = ["model=rbm", "device=cpu", "dataset.value_range=[0,1]", "dataset.binarize=dynamic",
             "trainer.max_steps=4", "trainer.batch_size=16", "trainer.log_every=2",
@@ -222,13 +222,11 @@ def test_resume_is_exact(tmp_path: Path, data_root: Path) -> None:
 
 def test_cli_train_and_eval(tmp_path: Path, data_root: Path) -> None:
     run = tmp_path / "run"
-    done = run_cli([*TINY_RBM, f"hydra.run.dir={run}"], tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_ok([*TINY_RBM, f"hydra.run.dir={run}"], tmp_path)
     assert load_checkpoint(run)["objective"]["chains"].shape == (16, 784)
-    evaluated = run_cli(["task=eval", f"ckpt={run}", "device=cpu", "eval.ais_chains=10",
-                         "eval.ais_steps=50", "eval.max_test=64", "eval.sample_quality=false",
-                         "eval.ood=[noise]", f"hydra.run.dir={tmp_path / 'eval'}"], tmp_path)
-    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    run_ok(["task=eval", f"ckpt={run}", "device=cpu", "eval.ais_chains=10",
+           "eval.ais_steps=50", "eval.max_test=64", "eval.sample_quality=false",
+           "eval.ood=[noise]", f"hydra.run.dir={tmp_path / 'eval'}"], tmp_path)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["rbm/ais_steps"] == 50 and math.isfinite(metrics["rbm/test_ll_ais"])
     assert metrics["rbm/test_ll_ais"] < 0 and math.isfinite(metrics["rbm/log_z_ais"])

@@ -25,7 +25,7 @@ from ebmrun.objectives.sparse_coding import SparseCodingObjective
 from ebmrun.run import train
 from ebmrun.samplers.langevin import Langevin
 
-from conftest import compose_config, run_cli
+from conftest import compose_config, run_ok
 
 UNIT = DataInfo((1, 28, 28), (0.0, 1.0), (0.0, 1.0))
 ADAM = OptimSettings(name="adam", lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)
@@ -276,15 +276,13 @@ def test_default_configs_build_with_an_energy(model: str, item_shape: tuple) -> 
 
 def test_cli_train_eval_sample_then_lista(tmp_path: Path, data_root: Path) -> None:
     run = tmp_path / "sc"
-    result = run_cli([*TINY_SC, f"hydra.run.dir={run}"], tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
+    run_ok([*TINY_SC, f"hydra.run.dir={run}"], tmp_path)
     ckpt = load_checkpoint(run)
     assert ckpt["model"]["weight"].shape == (784, 32)
     torch.testing.assert_close(ckpt["model"]["weight"].norm(dim=0), torch.ones(32))
 
-    result = run_cli(["task=eval", f"ckpt={run}", *TINY_EVAL_CLI,
-                      f"hydra.run.dir={tmp_path / 'eval'}"], tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
+    run_ok(["task=eval", f"ckpt={run}", *TINY_EVAL_CLI,
+           f"hydra.run.dir={tmp_path / 'eval'}"], tmp_path)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     table = metrics["tables"]["code_error"]
     assert len(table) == 2 * 20 and {r["method"] for r in table} == {"ista", "fista"}
@@ -293,9 +291,8 @@ def test_cli_train_eval_sample_then_lista(tmp_path: Path, data_root: Path) -> No
     assert (tmp_path / "eval" / "eval_code_error.png").is_file()
     assert 0.5 < metrics["ood/auroc_noise"] <= 1.0
 
-    result = run_cli(["task=sample", f"ckpt={run}", "sample.n=12",
-                      f"hydra.run.dir={tmp_path / 'sample'}"], tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
+    run_ok(["task=sample", f"ckpt={run}", "sample.n=12",
+           f"hydra.run.dir={tmp_path / 'sample'}"], tmp_path)
     samples = torch.load(tmp_path / "sample" / "samples.pt", weights_only=True)
     assert samples.shape == (12, 1, 28, 28) and 0 <= samples.min() and samples.max() <= 1
 

@@ -25,7 +25,7 @@ from ebmrun.objectives.vae import VAEObjective, binarize, manifold_latents
 from ebmrun.run import train
 from ebmrun.samplers.langevin import Langevin
 
-from conftest import compose_config, run_cli
+from conftest import compose_config, run_ok
 
 UNIT = DataInfo((1, 28, 28), (0.0, 1.0), (0.0, 1.0))
 TINY_VAE = ["model=vae", "device=cpu", "device.threads=1", "dataset.value_range=[0,1]",
@@ -267,17 +267,14 @@ def test_resume_is_exact(tmp_path: Path, data_root: Path) -> None:
 
 def test_cli_train_sample_eval(tmp_path: Path, data_root: Path) -> None:
     run = tmp_path / "run"
-    done = run_cli([*TINY_VAE, "dataset.binarize=dynamic", f"hydra.run.dir={run}"], tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    sampled = run_cli(["task=sample", f"ckpt={run}", "sample.n=12", "device=cpu",
-                       f"hydra.run.dir={tmp_path / 'sample'}"], tmp_path)
-    assert sampled.returncode == 0, sampled.stderr[-2000:]
+    run_ok([*TINY_VAE, "dataset.binarize=dynamic", f"hydra.run.dir={run}"], tmp_path)
+    run_ok(["task=sample", f"ckpt={run}", "sample.n=12", "device=cpu",
+           f"hydra.run.dir={tmp_path / 'sample'}"], tmp_path)
     samples = torch.load(tmp_path / "sample" / "samples.pt")
     assert samples.shape == (12, 1, 28, 28) and 0 <= samples.min() <= samples.max() <= 1
-    evaluated = run_cli(["task=eval", f"ckpt={run}", "device=cpu", "eval.iw_samples=5",
-                         "eval.max_test=64", "eval.sample_quality=false",
-                         f"hydra.run.dir={tmp_path / 'eval'}"], tmp_path)
-    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    run_ok(["task=eval", f"ckpt={run}", "device=cpu", "eval.iw_samples=5",
+           "eval.max_test=64", "eval.sample_quality=false",
+           f"hydra.run.dir={tmp_path / 'eval'}"], tmp_path)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["vae/iw_samples"] == 5
     assert metrics["vae/test_nll_iw"] <= metrics["vae/test_neg_elbo"] + 5.0
