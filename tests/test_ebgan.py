@@ -19,7 +19,7 @@ from ebmrun.objectives.ebgan import (EBGANObjective, margin_loss, pulling_away_t
 from ebmrun.run import train
 from ebmrun.samplers.langevin import Langevin
 
-from conftest import compose_config
+from conftest import compose_config, run_ok
 
 MNIST = DataInfo((1, 28, 28), (-1.0, 1.0), (-1.0, 1.0))
 TINY_EBGAN = ["model=ebgan", "device=cpu", "trainer.max_steps=4", "trainer.batch_size=16",
@@ -185,3 +185,20 @@ def test_objective_state_round_trips_fixed_z() -> None:
     assert torch.equal(first.fixed_z, second.fixed_z)
     pictures = second.visuals(torch.Generator())
     assert pictures["samples_fixed_z"].shape == (64, 1, 28, 28)
+
+
+def test_family_keys_apply_to_a_saved_run_without_plus(tmp_path: Path) -> None:
+    """ckpt=/resume= compose with the checkpoint's own model, so EBGAN-only keys need no
+    `+` (the old `+key` spelling keeps working)."""
+    run = tmp_path / "run"
+    run_ok([*TINY_EBGAN, f"hydra.run.dir={run}"], tmp_path)
+    for i, refine in enumerate(["model.objective.latent_refine=true",
+                                "+model.objective.latent_refine=true"]):
+        out = tmp_path / f"sample{i}"
+        run_ok(["task=sample", f"ckpt={run}", refine, "sample.n=4", "sampler.steps=2",
+                "sample.snapshot_every=1", f"hydra.run.dir={out}"], tmp_path)
+        assert torch.load(out / "samples.pt", weights_only=True).shape == (4, 1, 28, 28)
+        assert (out / "chain.png").is_file()  # only latent refinement makes a chain
+    run_ok([f"resume={run}", "model.objective.margin=0.5", "trainer.max_steps=6"], tmp_path)
+    ckpt = load_checkpoint(run)
+    assert ckpt["step"] == 6 and ckpt["config"]["model"]["objective"]["margin"] == 0.5

@@ -136,6 +136,30 @@ def check_writable(path: Path) -> None:
                         f"writable directory or set hydra.run.dir=<writable dir>)")
 
 
+def with_saved_model(argv: list[str]) -> list[str]:
+    """For ``resume=``/``ckpt=`` runs, compose with the checkpoint's own model family
+    (``model=<its name>`` added), so that keys only that family has can be overridden
+    directly: ``ckpt=<ebgan run> model.objective.latent_refine=true``. ``+key=...``
+    (needed before this existed) becomes ``++key=...``, which also accepts existing keys.
+    Unchanged for sweeps and when the user names a model or an experiment."""
+    flags, overrides = _split(argv)
+    if "-m" in flags or "--multirun" in flags or any(
+            o.startswith(("model=", "experiment=")) for o in overrides):
+        return argv
+    paths = [o.split("=", 1)[1] for o in overrides if o.startswith(("ckpt=", "resume="))]
+    if not paths or paths[-1] in ("", "null"):
+        return argv
+    name = load_checkpoint(paths[-1])["config"]["model"]["name"]
+    if not (Path(CONFIG_DIR) / "model" / f"{name}.yaml").is_file():
+        return argv
+    def forced(arg: str) -> str:  # "+model.x=1" -> "++model.x=1" (values, not groups)
+        key = arg.split("=", 1)[0]
+        adds_value = key.startswith("+") and not key.startswith("++") and "." in key
+        return f"+{arg}" if adds_value and not key.startswith("+hydra") else arg
+
+    return [forced(a) for a in argv] + [f"model={name}"]
+
+
 def preflight(argv: list[str]) -> list[str]:
     """Compose and check the run; returns extra Hydra overrides (run dir for resume/sample)."""
     flags, overrides = _split(argv)
@@ -256,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     extra: list[str] = []
     if not INFO_FLAGS.intersection(argv):
         try:
+            argv = with_saved_model(argv)
             extra = preflight(argv)
             extra += distributed.start(CONFIG_DIR, [*argv, *extra])  # torchrun: join, share dir
         except UserError as exc:

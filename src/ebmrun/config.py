@@ -220,6 +220,8 @@ def merge_overrides(saved: dict, composed: DictConfig, overrides: list[str]) -> 
         key = override.key_or_group
         if key.startswith("hydra") or override.is_delete():
             continue
+        if key == "model" and override.value() == saved.get("model", {}).get("name"):
+            continue  # the saved family itself (cli.with_saved_model): keep its saved values
         if key in NOT_REAPPLICABLE:
             raise UserError(f"{key}={override.value()} cannot be applied to a saved run "
                             f"(fix: override single keys instead, e.g. trainer.max_steps=...)")
