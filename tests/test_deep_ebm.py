@@ -124,3 +124,15 @@ def test_fast_switches_keep_energy_and_gradients() -> None:
     (g_plain,) = torch.autograd.grad(plain.energy(x).sum(), x)
     (g_fast,) = torch.autograd.grad(fast.energy(x).sum(), x)
     torch.testing.assert_close(g_fast, g_plain, rtol=1e-4, atol=1e-6)
+
+
+def test_compile_is_validated_and_only_used_on_cuda() -> None:
+    with pytest.raises(ValueError, match="compile must be one of"):
+        DeepEnergy((1, 28, 28), compile="fastest")
+    torch.manual_seed(0)
+    eager = DeepEnergy((1, 28, 28), polyphase_first_conv=False)
+    compiled = DeepEnergy((1, 28, 28), polyphase_first_conv=False, compile="reduce-overhead")
+    compiled.load_state_dict(eager.state_dict())
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.equal(compiled.energy(x), eager.energy(x))
+    assert compiled._compiled_energy is None  # CPU: eager, nothing compiled
