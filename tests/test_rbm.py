@@ -170,7 +170,7 @@ def test_loss_and_gradient_match_the_cd_update_by_hand() -> None:
 def test_cd_starts_at_the_data_and_pcd_keeps_its_chains() -> None:
     cd = _objective(persistent=False, steps=0)
     data = torch.bernoulli(torch.full((6, 4), 0.5), generator=torch.Generator().manual_seed(0))
-    assert float(cd.training_step(data)["loss"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(cd.training_step(data)["loss"].detach()) == pytest.approx(0.0, abs=1e-6)
     pcd = _objective(persistent=True, steps=3)
     pcd.training_step(data)
     state = pcd.state_dict()
@@ -197,7 +197,7 @@ def test_short_training_raises_the_exact_test_likelihood(tmp_path: Path, data_ro
 
     def exact_ll(objective) -> float:  # 16 hidden units: log Z by enumeration
         log_z = exact_log_partition(objective.model)
-        return float(-objective.model.free_energy(v).double().mean()) - log_z
+        return float(-objective.model.free_energy(v).detach().double().mean()) - log_z
 
     before, after = exact_ll(untrained), exact_ll(trained)
     assert before < -500 and after < -100 and after > before + 250  # ~ -543 -> ~ -180
