@@ -136,32 +136,36 @@ def check_writable(path: Path) -> None:
                         f"writable directory or set hydra.run.dir=<writable dir>)")
 
 
-def with_saved_model(argv: list[str]) -> list[str]:
+def with_saved_model(argv: list[str]) -> tuple[list[str], dict[str, dict]]:
     """For ``resume=``/``ckpt=`` runs, compose with the checkpoint's own model family
     (``model=<its name>`` added), so that keys only that family has can be overridden
     directly: ``ckpt=<ebgan run> model.objective.latent_refine=true``. ``+key=...``
     (needed before this existed) becomes ``++key=...``, which also accepts existing keys.
-    Unchanged for sweeps and when the user names a model or an experiment."""
+    Unchanged for sweeps and when the user names a model or an experiment. Also returns
+    the checkpoint it read, by the path given, so :func:`preflight` need not read it again."""
     flags, overrides = _split(argv)
     if "-m" in flags or "--multirun" in flags or any(
             o.startswith(("model=", "experiment=")) for o in overrides):
-        return argv
+        return argv, {}
     paths = [o.split("=", 1)[1] for o in overrides if o.startswith(("ckpt=", "resume="))]
     if not paths or paths[-1] in ("", "null"):
-        return argv
-    name = load_checkpoint(paths[-1])["config"]["model"]["name"]
+        return argv, {}
+    loaded = {paths[-1]: load_checkpoint(paths[-1])}
+    name = loaded[paths[-1]]["config"]["model"]["name"]
     if not (Path(CONFIG_DIR) / "model" / f"{name}.yaml").is_file():
-        return argv
+        return argv, loaded
     def forced(arg: str) -> str:  # "+model.x=1" -> "++model.x=1" (values, not groups)
         key = arg.split("=", 1)[0]
         adds_value = key.startswith("+") and not key.startswith("++") and "." in key
         return f"+{arg}" if adds_value and not key.startswith("+hydra") else arg
 
-    return [forced(a) for a in argv] + [f"model={name}"]
+    return [forced(a) for a in argv] + [f"model={name}"], loaded
 
 
-def preflight(argv: list[str]) -> list[str]:
-    """Compose and check the run; returns extra Hydra overrides (run dir for resume/sample)."""
+def preflight(argv: list[str], loaded: dict[str, dict] | None = None) -> list[str]:
+    """Compose and check the run; returns extra Hydra overrides (run dir for resume/sample).
+    ``loaded``: checkpoints already read, by the path given on the command line."""
+    loaded = loaded or {}
     flags, overrides = _split(argv)
     # A run dir the user chose wins over the one derived for resume/sample.
     multirun = "-m" in flags or "--multirun" in flags
@@ -177,7 +181,7 @@ def preflight(argv: list[str]) -> list[str]:
         raise UserError(f"unknown task '{cfg.task}' (choose from: {', '.join(TASKS)})")
     sweeps.check_resume(cfg.sweep.resume, multirun, overrides)
     if cfg.resume:
-        ckpt = load_checkpoint(cfg.resume)
+        ckpt = loaded.get(cfg.resume) or load_checkpoint(cfg.resume)
         run_dir = Path(ckpt["path"]).parent
         return [] if own_dir else [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
     if cfg.task in CHECKPOINT_TASKS:
@@ -186,7 +190,7 @@ def preflight(argv: list[str]) -> list[str]:
             if needs_checkpoint(cfg):
                 raise UserError(needs_ckpt_message(cfg.task))
             return []
-        saved = load_checkpoint(cfg.ckpt)["config"]
+        saved = (loaded.get(cfg.ckpt) or load_checkpoint(cfg.ckpt))["config"]
         pattern = RUN_DIR_PATTERN.format(task=cfg.task, model=saved["model"]["name"],
                                          dataset=saved["dataset"].get("name", "data"))
         return [] if own_dir else [f"hydra.run.dir={pattern}"]
@@ -280,8 +284,8 @@ def main(argv: list[str] | None = None) -> None:
     extra: list[str] = []
     if not INFO_FLAGS.intersection(argv):
         try:
-            argv = with_saved_model(argv)
-            extra = preflight(argv)
+            argv, loaded = with_saved_model(argv)
+            extra = preflight(argv, loaded)
             extra += distributed.start(CONFIG_DIR, [*argv, *extra])  # torchrun: join, share dir
         except UserError as exc:
             print(f"ebmrun: error: {_one_line(exc)}", file=sys.stderr)
