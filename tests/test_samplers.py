@@ -26,21 +26,21 @@ from conftest import compose_config
 FAST: dict[str, Callable[..., Sampler]] = {
     "langevin": lambda **kw: Langevin(step_size=0.01, noise_std=None, grad_clip=None, **kw),
     "langevin_tutorial": lambda **kw: Langevin(**kw),
-    "mala": lambda **kw: MALA(step_size=0.05, **kw),
-    "mala_shared_reject": lambda **kw: MALA(step_size=0.05, adapt="shared", box_mode="reject",
-                                            **kw),
-    "hmc": lambda **kw: HMC(step_size=0.05, leapfrog_steps=3, **kw),
+    "mala": lambda **kw: MALA(step_size=0.05, adapt_steps=3, **kw),
+    "mala_per_chain_reject": lambda **kw: MALA(step_size=0.05, adapt="per_chain", adapt_steps=3,
+                                               box_mode="reject", **kw),
+    "hmc": lambda **kw: HMC(step_size=0.05, leapfrog_steps=3, adapt_steps=3, **kw),
     "hmc_reject": lambda **kw: HMC(step_size=0.05, leapfrog_steps=2, box_mode="reject",
                                    adapt="none", **kw),
-    "rw_metropolis": lambda **kw: RandomWalkMetropolis(step_size=0.3, **kw),
+    "rw_metropolis": lambda **kw: RandomWalkMetropolis(step_size=0.3, adapt_steps=3, **kw),
     "rw_metropolis_no_grad": lambda **kw: RandomWalkMetropolis(
-        step_size=0.3, track_grad_norm=False, box_mode="reject", **kw),
+        step_size=0.3, track_grad_norm=False, box_mode="reject", adapt_steps=3, **kw),
     "annealed_langevin": lambda **kw: AnnealedLangevin(step_size=0.01, initial_temperature=3.0,
                                                        **kw),
     "annealed_langevin_linear": lambda **kw: AnnealedLangevin(
         step_size=0.01, schedule="linear", anneal_fraction=0.5, grad_clip=1.0, **kw),
     "replica_exchange": lambda **kw: ReplicaExchange(num_replicas=3, max_temperature=4.0,
-                                                     swap_every=2, **kw),
+                                                     swap_every=2, adapt_steps=3, **kw),
     "replica_exchange_langevin": lambda **kw: ReplicaExchange(
         num_replicas=2, max_temperature=3.0, swap_every=1, move="langevin", **kw),
     "dae_chain": lambda **kw: DenoisingChain(sigma=0.1, **kw),
@@ -140,14 +140,19 @@ def test_reflection_folds_into_the_box() -> None:
 
 
 @pytest.mark.parametrize("mode", ["per_chain", "shared", "none"])
-def test_adapter_moves_toward_target_only_in_warmup(mode: str) -> None:
+def test_adapter_moves_toward_target_only_in_warmup_and_ends_shared(mode: str) -> None:
     adapter = StepSizeAdapter(mode, target=0.5, steps=3)
-    log_step = torch.zeros(2)
-    accept = torch.tensor([1.0, 0.2])
-    after = adapter.update(log_step, accept, t=0)
-    expected = {"per_chain": [0.5, -0.3], "shared": [0.1, 0.1], "none": [0.0, 0.0]}[mode]
-    assert after.tolist() == pytest.approx(expected)
-    assert torch.equal(adapter.update(after, accept, t=3), after)  # warm-up over
+    log_step = torch.zeros(4)
+    accept = torch.tensor([1.0, 0.2, 0.6, 0.6])
+    after = adapter.update(log_step, accept, t=0, warmup=3)
+    expected = {"per_chain": [0.5, -0.3, 0.1, 0.1], "shared": [0.1] * 4, "none": [0.0] * 4}
+    assert after.tolist() == pytest.approx(expected[mode])
+    # The last warm-up step pools ε (here within 2 groups of 2 rows: one ε per group) ...
+    last = adapter.update(after, accept, t=2, warmup=3, groups=2)
+    assert last[0] == last[1] and last[2] == last[3]
+    assert torch.equal(adapter.update(last, accept, t=3, warmup=3), last)  # ... then freezes
+    assert adapter.warmup_for(10) == (0 if mode == "none" else 3)
+    assert adapter.warmup_for(3) == (0 if mode == "none" else 1)  # a shorter call: half
 
 
 def test_bad_settings_are_value_errors() -> None:
@@ -155,7 +160,9 @@ def test_bad_settings_are_value_errors() -> None:
                  lambda: HMC(box_mode="wrap"), lambda: RandomWalkMetropolis(step_size=0),
                  lambda: AnnealedLangevin(schedule="cosine"),
                  lambda: ReplicaExchange(move="gibbs"),
-                 lambda: ReplicaExchange(max_temperature=0.5)):
+                 lambda: ReplicaExchange(max_temperature=0.5),
+                 lambda: MALA(adapt_steps=100, steps=100), lambda: HMC(adapt_steps=80, steps=50),
+                 lambda: ReplicaExchange(adapt_steps=200, steps=200)):
         with pytest.raises(ValueError):
             make()
 

@@ -125,7 +125,9 @@ def validate_config(cfg: DictConfig) -> None:
                         f"{', '.join(OPTIMIZERS)}")
     check_target_node(cfg.dataset, "dataset")
     node, box_from_data = sampler_node(cfg)
-    check_target_node(node, "sampler", ("box",) if box_from_data else ())
+    # Built once here (cheap) so its own checks, e.g. adapt_steps < steps, run pre-flight;
+    # the data's box is not known yet, any valid box stands in for it.
+    instantiate(node, "sampler", **({"box": [-1.0, 1.0]} if box_from_data else {}))
     check_target_node(cfg.model.net, "model.net", ("item_shape",))
     check_target_node(cfg.model.objective, "model.objective",
                       ("model", "sampler", "data", "generator"))

@@ -49,6 +49,8 @@ class AnnealedLangevin(Sampler):
     Args:
         step_size: ε (for the σ schedule: ε at the smallest σ_L).
         initial_temperature: T0 (``temperature`` is the final T); T0 = T disables annealing.
+            ``None``: 10 for a plain energy, T (no temperature annealing) with ``sigmas``:
+            NCSN anneals the noise level only (Song & Ermon 2019, Algorithm 1).
         schedule: ``geometric`` | ``linear`` temperature schedule.
         anneal_fraction: share of the run over which T0 → T (the rest runs at T).
         sigmas: decreasing noise levels σ_1 > … > σ_L, or ``None`` (plain energy ``E(x)``).
@@ -57,7 +59,7 @@ class AnnealedLangevin(Sampler):
         steps, temperature, box, autocast: see :class:`Sampler`.
     """
 
-    def __init__(self, step_size: float = 0.01, initial_temperature: float = 10.0,
+    def __init__(self, step_size: float = 0.01, initial_temperature: float | None = None,
                  schedule: str = "geometric", anneal_fraction: float = 1.0,
                  sigmas: Sequence[float] | None = None,
                  steps_per_sigma: int | None = None, grad_clip: float | None = None,
@@ -72,6 +74,8 @@ class AnnealedLangevin(Sampler):
         super().__init__(steps=steps, temperature=temperature, box=box, autocast=autocast)
         if step_size <= 0:
             raise ValueError(f"annealed_langevin step_size must be > 0, got {step_size}")
+        if initial_temperature is None:
+            initial_temperature = self.temperature if sigmas is not None else 10.0
         if initial_temperature <= 0:
             raise ValueError(f"initial_temperature must be > 0, got {initial_temperature}")
         if schedule not in SCHEDULES:

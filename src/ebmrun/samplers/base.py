@@ -147,6 +147,11 @@ class Sampler(ABC):
             stats["acceptance_rate"] = float(traces["acceptance"].mean())
         return SampleResult(x=x.detach(), stats=stats, chain=chain)
 
+    def warmup_for(self, steps: int) -> int:
+        """How many of a run's first ``steps`` are warm-up (adaptation still changing the
+        kernel): diagnostics discard them. Samplers that do not adapt: 0."""
+        return 0
+
     def project(self, x: Tensor) -> Tensor:
         """Apply the box constraint in place (a no-op without one)."""
         return x.clamp_(*self.box) if self.box is not None else x

@@ -34,7 +34,7 @@ class HMC(MetropolisSampler):
         step_size: initial leapfrog ε.
         leapfrog_steps: L.
         jitter: relative half-width of the random ε per chain and step (0 = fixed ε).
-        adapt: ``per_chain`` | ``shared`` | ``none``; ``target_accept`` defaults to 0.65.
+        adapt: ``shared`` | ``per_chain`` | ``none``; ``target_accept`` defaults to 0.65.
         adapt_steps: warm-up steps of Robbins–Monro adaptation of log ε.
         box_mode: ``reflect`` | ``reject`` (see the module docstring).
         steps, temperature, box, autocast: see :class:`ebmrun.samplers.base.Sampler`.
@@ -43,7 +43,7 @@ class HMC(MetropolisSampler):
     box_modes = ("reflect", "reject")
 
     def __init__(self, step_size: float = 0.1, leapfrog_steps: int = 10, jitter: float = 0.2,
-                 adapt: str = "per_chain", target_accept: float = 0.65, adapt_steps: int = 100,
+                 adapt: str = "shared", target_accept: float = 0.65, adapt_steps: int = 50,
                  box_mode: str = "reflect", steps: int = 100, temperature: float = 1.0,
                  box: Sequence[float] | None = None, autocast: str | None = None) -> None:
         super().__init__(step_size=step_size, target_accept=target_accept, adapt=adapt,
@@ -56,16 +56,16 @@ class HMC(MetropolisSampler):
         self.leapfrog_steps = int(leapfrog_steps)
         self.jitter = float(jitter)
 
-    def propose(self, energy_fn: EnergyFn, x: Tensor, state: dict, step: Tensor,
-                generator: torch.Generator | None
-                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def leapfrog(self, energy_fn: EnergyFn, x: Tensor, p: Tensor, grad: Tensor, step: Tensor
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """L leapfrog steps of size ``step`` (shape ``(B, 1, ..., 1)``) from ``(x, p)`` with
+        ``grad = ∇E(x)``, reflecting at the box walls in ``reflect`` mode.
+
+        Returns the end point ``(y, p_end, E(y), ∇E(y))``. The map is volume preserving and
+        reversible: leapfrog from ``(y, −p_end)`` returns to ``(x, −p)``.
+        """
         inv_t = 1.0 / self.temperature
-        if self.jitter > 0:
-            u = torch.rand(step.shape, device=x.device, generator=generator).to(step.dtype)
-            step = step * (1.0 + self.jitter * (2.0 * u - 1.0))
-        p = gaussian_like(x, generator)
-        kinetic_start = 0.5 * per_chain_sum(p.float() ** 2)
-        y, grad = x, state["grad"]
+        y, energy = x, None
         p = p - (0.5 * inv_t) * step * grad  # half step in momentum
         for i in range(self.leapfrog_steps):
             y = y + step * p
@@ -75,5 +75,20 @@ class HMC(MetropolisSampler):
             energy, grad = self._energy_and_grad(energy_fn, y)
             last = i == self.leapfrog_steps - 1
             p = p - ((0.5 if last else 1.0) * inv_t) * step * grad
-        kinetic_end = 0.5 * per_chain_sum(p.float() ** 2)
-        return y, energy, grad, kinetic_start - kinetic_end
+        return y, p, energy, grad
+
+    @staticmethod
+    def log_correction(p_start: Tensor, p_end: Tensor) -> Tensor:
+        """Kinetic-energy change ``½‖p_start‖² − ½‖p_end‖²`` ``(B,)``: with the energy term
+        of the MH ratio it makes ``H_start − H_end``."""
+        return 0.5 * per_chain_sum(p_start.float() ** 2) - 0.5 * per_chain_sum(p_end.float() ** 2)
+
+    def propose(self, energy_fn: EnergyFn, x: Tensor, state: dict, step: Tensor,
+                generator: torch.Generator | None
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        if self.jitter > 0:  # drawn independently of the state, so the kernel stays reversible
+            u = torch.rand(step.shape, device=x.device, generator=generator).to(step.dtype)
+            step = step * (1.0 + self.jitter * (2.0 * u - 1.0))
+        p = gaussian_like(x, generator)
+        y, p_end, energy, grad = self.leapfrog(energy_fn, x, p, state["grad"], step)
+        return y, energy, grad, self.log_correction(p, p_end)

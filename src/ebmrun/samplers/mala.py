@@ -33,7 +33,7 @@ class MALA(MetropolisSampler):
 
     Args:
         step_size: initial ε (the drift is ε·∇E/T, the noise std √(2ε)).
-        adapt: ``per_chain`` | ``shared`` | ``none``; ``target_accept`` defaults to 0.574.
+        adapt: ``shared`` | ``per_chain`` | ``none``; ``target_accept`` defaults to 0.574.
         adapt_steps: warm-up steps of Robbins–Monro adaptation of log ε.
         box_mode: ``reflect`` | ``reject`` (see the module docstring).
         steps, temperature, box, autocast: see :class:`ebmrun.samplers.base.Sampler`.
@@ -41,30 +41,37 @@ class MALA(MetropolisSampler):
 
     box_modes = ("reflect", "reject")
 
-    def __init__(self, step_size: float = 0.01, adapt: str = "per_chain",
-                 target_accept: float = 0.574, adapt_steps: int = 100,
+    def __init__(self, step_size: float = 0.01, adapt: str = "shared",
+                 target_accept: float = 0.574, adapt_steps: int = 50,
                  box_mode: str = "reflect", steps: int = 100, temperature: float = 1.0,
                  box: Sequence[float] | None = None, autocast: str | None = None) -> None:
         super().__init__(step_size=step_size, target_accept=target_accept, adapt=adapt,
                          adapt_steps=adapt_steps, box_mode=box_mode, steps=steps,
                          temperature=temperature, box=box, autocast=autocast)
 
+    def proposal_mean(self, x: Tensor, grad: Tensor, step: Tensor) -> Tensor:
+        """Mean of the Langevin proposal from ``x``: ``x − ε ∇E(x)/T`` (before any reflection)."""
+        return x - step * grad / self.temperature
+
+    def log_proposal(self, y: Tensor, x: Tensor, grad_x: Tensor, step: Tensor) -> Tensor:
+        """log q(y | x) ``(B,)`` up to a constant that depends on ε only: the Gaussian
+        N(x − ε∇E(x)/T, 2ε I), folded into the box by reflection in ``reflect`` mode."""
+        mean, std = self.proposal_mean(x, grad_x, step), (2.0 * step).sqrt()
+        if self.box is not None and self.box_mode == "reflect":  # sum over mirror images
+            return log_reflected_normal(y, mean, std, *self.box)
+        return -0.5 * per_chain_sum(((y - mean) / std).float() ** 2)
+
+    def log_correction(self, x: Tensor, y: Tensor, grad_x: Tensor, grad_y: Tensor,
+                       step: Tensor) -> Tensor:
+        """``log q(x|y) − log q(y|x)`` ``(B,)``, the Hastings term of the MH ratio."""
+        return self.log_proposal(x, y, grad_y, step) - self.log_proposal(y, x, grad_x, step)
+
     def propose(self, energy_fn: EnergyFn, x: Tensor, state: dict, step: Tensor,
                 generator: torch.Generator | None
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        temperature, std = self.temperature, (2.0 * step).sqrt()
-        mean_x = x - step * state["grad"] / temperature
-        noise = gaussian_like(x, generator)
-        y = mean_x + std * noise
-        reflect = self.box is not None and self.box_mode == "reflect"
-        if reflect:
+        y = self.proposal_mean(x, state["grad"], step) + (2.0 * step).sqrt() * gaussian_like(
+            x, generator)
+        if self.box is not None and self.box_mode == "reflect":
             y, _ = reflect_into_box(y, *self.box)
         energy_y, grad_y = self._energy_and_grad(energy_fn, y)
-        mean_y = y - step * grad_y / temperature
-        if reflect:  # q sums the Gaussian over y's mirror images
-            log_q_forward = log_reflected_normal(y, mean_x, std, *self.box)
-            log_q_backward = log_reflected_normal(x, mean_y, std, *self.box)
-        else:  # y − mean(x) = √(2ε)·η, so the forward quadratic form is ‖η‖²/2 exactly
-            log_q_forward = -0.5 * per_chain_sum(noise.float() ** 2)
-            log_q_backward = -0.5 * per_chain_sum(((x - mean_y) / std).float() ** 2)
-        return y, energy_y, grad_y, log_q_backward - log_q_forward
+        return y, energy_y, grad_y, self.log_correction(x, y, state["grad"], grad_y, step)

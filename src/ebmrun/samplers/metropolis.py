@@ -4,13 +4,14 @@ A subclass only proposes: :meth:`MetropolisSampler.propose` returns the proposal
 energy (and input gradient), and the log proposal-correction term. This base class does the
 rest for every chain at once: the accept/reject test for the target
 ``p(x) ∝ exp(-E(x)/T)``, the box, the cache of energies/gradients at the current states,
-per-chain or shared step sizes, and their Robbins–Monro adaptation during warm-up.
+shared (or warm-up-only per-chain) step sizes, and their Robbins–Monro adaptation during
+warm-up.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,31 +20,40 @@ from torch import Tensor
 from ebmrun.samplers.base import (EnergyFn, Sampler, in_box, per_chain_norm,
                                   per_chain_view)
 
-# How acceptance probabilities (B,) are pooled before the update: one step size per chain,
-# or one shared by all chains (the batch mean).
-_POOL: dict[str, Callable[[Tensor], Tensor]] = {
-    "per_chain": lambda a: a,
-    "shared": lambda a: a.mean().expand_as(a),
-}
-ADAPT_MODES = ("per_chain", "shared", "none")
+ADAPT_MODES = ("shared", "per_chain", "none")
+
+
+def _pool(values: Tensor, groups: int) -> Tensor:
+    """Mean of ``values`` ``(B,)`` within ``groups`` equal contiguous blocks, broadcast back."""
+    blocks = values.reshape(groups, -1)
+    return blocks.mean(1, keepdim=True).expand_as(blocks).reshape(values.shape)
 
 
 @dataclass(frozen=True)
 class StepSizeAdapter:
-    """Robbins–Monro on the log step size toward a target acceptance probability.
+    """Robbins–Monro on the log step size toward a target acceptance probability, during
+    warm-up only.
 
         log ε ← log ε + γ_t (α − α*),   γ_t = gain · (t + 1)^(−decay)
 
     Acceptance above target grows ε, below target shrinks it; the decaying gain
-    (Σγ = ∞, Σγ² < ∞ for 0.5 < decay ≤ 1) makes ε converge instead of jittering. It runs
-    only while ``t < steps`` (warm-up), so the chain after warm-up is a fixed Markov kernel
-    and its samples are exact.
+    (Σγ = ∞, Σγ² < ∞ for 0.5 < decay ≤ 1) makes ε converge instead of jittering.
+
+    Why every mode ends with one ε per group: a step size frozen per chain is a function of
+    where that chain spent its warm-up, so after warm-up each chain runs a kernel keyed to its
+    own position (on 0.5·N(0, 0.1²) + 0.5·N(0, 3²) chains in the narrow component keep a
+    tiny ε and stay there: MALA's variance came out 2.57 for a true 4.505). Pooling the
+    adapted ε over the chains (cross-chain adaptation, as in Hoffman, Radul & Sountsov 2021)
+    makes the frozen kernel the same for every chain, hence π-invariant given ε, and the
+    samples after warm-up exact. ``groups`` > 1 pools within equal blocks of rows instead
+    (replica exchange: one ε per temperature rung, a property of the row, not the state).
 
     Args:
-        mode: ``per_chain`` (each batch row its own ε, from its own acceptance),
-            ``shared`` (one ε from the batch-mean acceptance) or ``none``.
+        mode: ``shared`` (one ε per group from the group-mean acceptance), ``per_chain``
+            (each row its own ε during warm-up, replaced by the group's geometric mean when
+            warm-up ends) or ``none``.
         target: α*, e.g. 0.574 (MALA), 0.65 (HMC), 0.234 (random walk).
-        steps: warm-up length.
+        steps: warm-up length; ε is frozen from step ``steps`` on.
     """
 
     mode: str
@@ -60,13 +70,30 @@ class StepSizeAdapter:
         if self.steps < 0:
             raise ValueError(f"adapt_steps must be >= 0, got {self.steps}")
 
-    def update(self, log_step: Tensor, accept_prob: Tensor, t: int) -> Tensor:
-        """New log step sizes ``(B,)`` after step ``t`` with acceptance probabilities ``(B,)``."""
-        pool = _POOL.get(self.mode)
-        if pool is None or t >= self.steps:
+    @property
+    def active(self) -> bool:
+        return self.mode != "none" and self.steps > 0
+
+    def warmup_for(self, steps: int) -> int:
+        """Warm-up length of a run of ``steps``: ``self.steps``, or the first half of a run
+        too short for it (short-run chains called with fewer steps, e.g. in training)."""
+        if not self.active:
+            return 0
+        return self.steps if self.steps < steps else steps // 2
+
+    def update(self, log_step: Tensor, accept_prob: Tensor, t: int, warmup: int,
+               groups: int = 1) -> Tensor:
+        """New log step sizes ``(B,)`` after step ``t`` of a run whose first ``warmup``
+        steps adapt, with acceptance probabilities ``(B,)``."""
+        if self.mode == "none" or t >= warmup:
             return log_step
-        gain = self.gain * (t + 1.0) ** -self.decay
-        return log_step + gain * (pool(accept_prob.float()) - self.target)
+        accept = accept_prob.float()
+        if self.mode == "shared":
+            accept = _pool(accept, groups)
+        log_step = log_step + self.gain * (t + 1.0) ** -self.decay * (accept - self.target)
+        if t == warmup - 1:  # warm-up ends: one frozen ε per group
+            log_step = _pool(log_step, groups)
+        return log_step
 
 
 class MetropolisSampler(Sampler):
@@ -82,18 +109,19 @@ class MetropolisSampler(Sampler):
     Args:
         step_size: initial ε (a proposal scale; its meaning is the subclass's).
         target_accept: acceptance probability the adaptation aims for.
-        adapt: ``per_chain`` | ``shared`` | ``none``.
+        adapt: ``shared`` | ``per_chain`` | ``none`` (see :class:`StepSizeAdapter`).
         adapt_steps: warm-up steps during which ε adapts (the first ``adapt_steps`` steps of
             every ``sample`` call; each call starts again from ``step_size``, so the same
-            seed gives the same chains).
+            seed gives the same chains). With adaptation on it must be < ``steps``: the
+            steps after warm-up are the exact ones.
         box_mode: ``reject`` or, where supported, ``reflect``.
         steps, temperature, box, autocast: see :class:`Sampler`.
     """
 
     box_modes: tuple[str, ...] = ("reject",)
 
-    def __init__(self, step_size: float, target_accept: float, adapt: str = "per_chain",
-                 adapt_steps: int = 100, box_mode: str = "reject", steps: int = 100,
+    def __init__(self, step_size: float, target_accept: float, adapt: str = "shared",
+                 adapt_steps: int = 50, box_mode: str = "reject", steps: int = 100,
                  temperature: float = 1.0, box: Sequence[float] | None = None,
                  autocast: str | None = None) -> None:
         super().__init__(steps=steps, temperature=temperature, box=box, autocast=autocast)
@@ -105,6 +133,14 @@ class MetropolisSampler(Sampler):
         self.step_size = float(step_size)
         self.box_mode = box_mode
         self.adapter = StepSizeAdapter(adapt, float(target_accept), int(adapt_steps))
+        if self.adapter.active and self.adapter.steps >= self.steps > 0:
+            raise ValueError(f"adapt_steps={adapt_steps} must be < steps={steps} with adapt="
+                             f"{adapt}: the step size would adapt for the whole run and the "
+                             f"samples would not be exact (fix: raise steps, lower adapt_steps "
+                             f"or set adapt=none)")
+
+    def warmup_for(self, steps: int) -> int:
+        return self.adapter.warmup_for(steps)
 
     # ----------------------------------------------------------------- subclass hooks
     def evaluate(self, energy_fn: EnergyFn, x: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -129,6 +165,15 @@ class MetropolisSampler(Sampler):
         raise NotImplementedError
 
     # ----------------------------------------------------------------- the shared step
+    def log_accept_ratio(self, y: Tensor, energy_x: Tensor, energy_y: Tensor,
+                         log_correction: Tensor) -> Tensor:
+        """log of the MH ratio ``(B,)`` for moving x → y (clamp at 0 for the probability):
+        ``−(E(y) − E(x))/T + log_correction``, −inf outside the box (the truncated target
+        is zero there) and for NaN/inf energies (never accepted)."""
+        log_alpha = -(energy_y - energy_x) / self.temperature + log_correction
+        log_alpha = torch.where(in_box(y, self.box), log_alpha, -math.inf)
+        return torch.nan_to_num(log_alpha, nan=-math.inf, posinf=-math.inf, neginf=-math.inf)
+
     def init_state(self, energy_fn: EnergyFn, x: Tensor, generator: torch.Generator | None
                    ) -> dict:
         log_step = torch.full((x.shape[0],), math.log(self.step_size), device=x.device)
@@ -142,18 +187,17 @@ class MetropolisSampler(Sampler):
              generator: torch.Generator | None) -> tuple[Tensor, dict, dict[str, Tensor]]:
         step = per_chain_view(state["log_step"].exp(), x).to(x.dtype)
         y, energy_y, grad_y, log_correction = self.propose(energy_fn, x, state, step, generator)
-        log_alpha = -(energy_y - state["energy"]) / self.temperature + log_correction
-        # Outside the box the truncated target is zero; NaN/inf energies never get accepted.
-        log_alpha = torch.where(in_box(y, self.box), log_alpha, -math.inf)
-        log_alpha = torch.nan_to_num(log_alpha, nan=-math.inf, posinf=-math.inf)
-        accept_prob = log_alpha.clamp(max=0.0).exp()
+        accept_prob = self.log_accept_ratio(y, state["energy"], energy_y,
+                                            log_correction).clamp(max=0.0).exp()
         uniform = torch.rand(accept_prob.shape, device=x.device, generator=generator)
         accept = uniform < accept_prob
         x = torch.where(per_chain_view(accept, x), y, x)
         state["energy"] = torch.where(accept, energy_y, state["energy"])
         if grad_y is not None:
             state["grad"] = torch.where(per_chain_view(accept, y), grad_y, state["grad"])
-        state["log_step"] = self.adapter.update(state["log_step"], accept_prob, state["t"])
+        state["log_step"] = self.adapter.update(state["log_step"], accept_prob, state["t"],
+                                                self.warmup_for(state["steps"]),
+                                                state.get("groups", 1))
         grad = state["grad"]
         grad_norm = per_chain_norm(grad).mean() if grad is not None else torch.tensor(math.nan)
         return x, state, {"energy": state["energy"].mean(), "grad_norm": grad_norm,

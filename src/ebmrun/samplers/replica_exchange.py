@@ -32,20 +32,30 @@ from ebmrun.samplers.langevin import Langevin
 from ebmrun.samplers.mala import MALA
 
 
-def _langevin_move(step_size: float, adapt: str, adapt_steps: int,
+def _langevin_move(step_size: float, adapt: str, adapt_steps: int, steps: int,
                    box: tuple[float, float] | None, autocast: str | None) -> Sampler:
     # Plain ULA (noise √(2ε), no gradient clamp): the tutorial variant would not sample.
     return Langevin(step_size=step_size, noise_std=None, grad_clip=None, steps=1,
                     temperature=1.0, box=box, autocast=autocast)
 
 
-def _mala_move(step_size: float, adapt: str, adapt_steps: int,
+def _mala_move(step_size: float, adapt: str, adapt_steps: int, steps: int,
                box: tuple[float, float] | None, autocast: str | None) -> Sampler:
-    return MALA(step_size=step_size, adapt=adapt, adapt_steps=adapt_steps, steps=1,
+    return MALA(step_size=step_size, adapt=adapt, adapt_steps=adapt_steps, steps=steps,
                 temperature=1.0, box=box, autocast=autocast)
 
 
 MOVES: dict[str, Callable[..., Sampler]] = {"langevin": _langevin_move, "mala": _mala_move}
+
+
+def swap_log_accept(energy_low: Tensor, energy_high: Tensor, temp_low: Tensor,
+                    temp_high: Tensor) -> Tensor:
+    """log acceptance ratio of exchanging the states of a colder replica (``temp_low``,
+    energy ``energy_low``) and a hotter one: the ratio of the product of the two tempered
+    targets after and before the swap, ``(1/T_low − 1/T_high)·(E_low − E_high)``; NaN → −inf.
+    Shapes broadcast."""
+    log_accept = (1.0 / temp_low - 1.0 / temp_high) * (energy_low - energy_high)
+    return torch.nan_to_num(log_accept, nan=-math.inf)
 
 
 def _tempered(energy_fn: EnergyFn, temperatures: Tensor, x: Tensor) -> Tensor:
@@ -62,8 +72,10 @@ class ReplicaExchange(Sampler):
         swap_every: steps between swap rounds.
         move: ``langevin`` | ``mala`` within each replica.
         step_size: the move's ε (MALA: initial ε, adapted per replica row by default).
-        adapt, adapt_steps: MALA step-size adaptation (ignored by ``langevin``);
-            ``per_chain`` gives every temperature its own ε.
+        adapt, adapt_steps: MALA step-size adaptation (ignored by ``langevin``) during the
+            first ``adapt_steps`` sweeps; every temperature gets its own ε, pooled over the
+            chains at that temperature (a property of the rung, not of a state, so the
+            frozen kernel stays exact).
         steps, temperature, box, autocast: see :class:`Sampler` (``steps`` counts sweeps:
             one move of all K replicas).
 
@@ -75,7 +87,7 @@ class ReplicaExchange(Sampler):
 
     def __init__(self, num_replicas: int = 8, max_temperature: float = 10.0,
                  swap_every: int = 5, move: str = "mala", step_size: float = 0.05,
-                 adapt: str = "per_chain", adapt_steps: int = 100, steps: int = 200,
+                 adapt: str = "shared", adapt_steps: int = 100, steps: int = 200,
                  temperature: float = 1.0, box: Sequence[float] | None = None,
                  autocast: str | None = None) -> None:
         super().__init__(steps=steps, temperature=temperature, box=box, autocast=autocast)
@@ -93,7 +105,11 @@ class ReplicaExchange(Sampler):
         ratio = float(max_temperature) / self.temperature
         exponents = torch.arange(self.num_replicas) / max(self.num_replicas - 1, 1)
         self.temperatures = self.temperature * ratio ** exponents.double()  # (K,)
-        self.move = MOVES[move](float(step_size), adapt, int(adapt_steps), self.box, autocast)
+        self.move = MOVES[move](float(step_size), adapt, int(adapt_steps), self.steps, self.box,
+                                autocast)
+
+    def warmup_for(self, steps: int) -> int:
+        return self.move.warmup_for(steps)
 
     def init_state(self, energy_fn: EnergyFn, x: Tensor, generator: torch.Generator | None
                    ) -> dict:
@@ -102,8 +118,9 @@ class ReplicaExchange(Sampler):
         row_temps = row_temps.repeat_interleave(batch)  # replica-major rows: (K·B,)
         tempered = functools.partial(_tempered, energy_fn, row_temps)
         replicas = x.repeat(k, *([1] * (x.dim() - 1)))  # every replica starts at x0
-        return {"replicas": replicas, "tempered": tempered,
-                "move": self.move.init_state(tempered, replicas, generator),
+        move_state = self.move.init_state(tempered, replicas, generator)
+        move_state["groups"] = k  # adapt one ε per temperature rung
+        return {"replicas": replicas, "tempered": tempered, "move": move_state,
                 "swap_accept": torch.zeros(max(k - 1, 1), dtype=torch.float64),
                 "swap_tries": torch.zeros(max(k - 1, 1), dtype=torch.float64), "rounds": 0}
 
@@ -132,10 +149,9 @@ class ReplicaExchange(Sampler):
         state["rounds"] += 1
         if len(low) == 0:
             return replicas
-        inv_t = 1.0 / self.temperatures.to(energies.device)
-        log_accept = ((inv_t[low] - inv_t[low + 1])[:, None]
-                      * (energies[low] - energies[low + 1]))  # (P, B)
-        log_accept = torch.nan_to_num(log_accept, nan=-math.inf)
+        temps = self.temperatures.to(energies.device)
+        log_accept = swap_log_accept(energies[low], energies[low + 1], temps[low, None],
+                                     temps[low + 1, None])  # (P, B)
         uniform = torch.rand(log_accept.shape, device=replicas.device, generator=generator)
         accept = uniform.double().log() < log_accept
         state["swap_accept"][low] += accept.double().mean(1).cpu()

@@ -29,7 +29,7 @@ class RandomWalkMetropolis(MetropolisSampler):
         track_grad_norm: also compute ∇E at each proposal so the ``grad_norm`` trace is
             filled, at the cost of one backward pass per step; ``False`` runs forward only
             and reports NaN.
-        adapt: ``per_chain`` | ``shared`` | ``none``; ``target_accept`` defaults to 0.234.
+        adapt: ``shared`` | ``per_chain`` | ``none``; ``target_accept`` defaults to 0.234.
         adapt_steps: warm-up steps of Robbins–Monro adaptation of log ε.
         box_mode: ``reflect`` | ``reject`` (see the module docstring).
         steps, temperature, box, autocast: see :class:`ebmrun.samplers.base.Sampler`.
@@ -38,8 +38,8 @@ class RandomWalkMetropolis(MetropolisSampler):
     box_modes = ("reflect", "reject")
 
     def __init__(self, step_size: float = 0.1, track_grad_norm: bool = True,
-                 adapt: str = "per_chain", target_accept: float = 0.234,
-                 adapt_steps: int = 100, box_mode: str = "reflect", steps: int = 100,
+                 adapt: str = "shared", target_accept: float = 0.234,
+                 adapt_steps: int = 50, box_mode: str = "reflect", steps: int = 100,
                  temperature: float = 1.0, box: Sequence[float] | None = None,
                  autocast: str | None = None) -> None:
         super().__init__(step_size=step_size, target_accept=target_accept, adapt=adapt,
