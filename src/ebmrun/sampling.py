@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from ebmrun.build import build_trained
+from ebmrun.metrics.chains import convergence_metrics
 from ebmrun.outputs import write_samples
 
 
@@ -21,9 +22,10 @@ def sample(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict:
     """
     parts, info = build_trained(cfg, ckpt)
     parts.model.eval()
+    parts.sampler.record_chains = True  # per-chain traces for R-hat / ESS / KSD
     generator = torch.Generator(device=parts.device).manual_seed(cfg.seed)
     snapshot_every = cfg.sample.snapshot_every
-    chunks, chain, stats, traces = [], [], defaultdict(list), {}
+    chunks, chain, stats, traces, results = [], [], defaultdict(list), {}, []
     remaining = cfg.sample.n
     with tqdm(total=cfg.sample.n, desc=f"sample {cfg.model.name}", dynamic_ncols=True) as bar:
         while remaining > 0:
@@ -34,6 +36,7 @@ def sample(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict:
             result = parts.objective.generate(n, steps=cfg.sample.steps, generator=generator,
                                               snapshot_every=every)
             chunks.append(result.x.float().cpu())
+            results.append(result)
             chain = chain or result.chain
             traces = traces or {k: v for k, v in result.stats.items() if torch.is_tensor(v)}
             for key, value in result.summary().items():
@@ -44,6 +47,7 @@ def sample(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict:
     metrics = {"task": "sample", "model": cfg.model.name, "n": len(samples),
                "checkpoint": ckpt["path"] if ckpt else None,
                "checkpoint_step": ckpt["step"] if ckpt else 0,
-               **{f"sampler/{k}": sum(v) / len(v) for k, v in stats.items()}}
+               **{f"sampler/{k}": sum(v) / len(v) for k, v in stats.items()},
+               **convergence_metrics(results)}
     write_samples(run_dir, samples, chain, info, metrics, traces)
     return metrics

@@ -91,6 +91,19 @@ class AnnealedLangevin(Sampler):
         self.schedule = SCHEDULES[schedule]
         self.grad_clip = None if grad_clip is None else float(grad_clip)
 
+    def chain_energy(self, energy_fn, x: Tensor, state: dict) -> Tensor:
+        sigma = self.sigma_at(state["t"], state["steps"])
+        if sigma is None:
+            return super().chain_energy(energy_fn, x, state)
+        rows = torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype)
+        return self._energy(functools.partial(_with_sigma, energy_fn, rows), x)
+
+    def target_score(self, energy_fn, x: Tensor) -> Tensor | None:
+        # With sigmas the energy also takes σ; the samples target the smallest-σ model.
+        if self.sigmas is not None:
+            return None
+        return super().target_score(energy_fn, x)
+
     def temperature_at(self, t: int, steps: int) -> float:
         """T_t of step ``t`` in a run of ``steps``: T0 at the first step, T from step
         ``anneal_fraction · (steps − 1)`` on."""

@@ -36,11 +36,20 @@ class SampleResult:
             ``swap_acceptance``).
         chain: snapshots ``[x_t]`` taken every ``snapshot_every`` steps (first and last
             included) when requested, else empty.
+        chain_traces: with :attr:`Sampler.record_chains` on, per-chain per-step traces
+            ``(B, steps)`` for convergence diagnostics: ``energy`` (E of every chain after
+            every step) and, for items of at most :data:`TRACE_MAX_DIMS` numbers, every
+            coordinate ``x[i]``; else empty.
+        score: with :attr:`Sampler.record_chains` on and small items, the target's score
+            ``−∇E(x)/T`` at the final states (shape of ``x``), for the kernel Stein
+            discrepancy; else ``None``.
     """
 
     x: Tensor
     stats: dict[str, Tensor | float] = field(default_factory=dict)
     chain: list[Tensor] = field(default_factory=list)
+    chain_traces: dict[str, Tensor] = field(default_factory=dict)
+    score: Tensor | None = None
 
     def summary(self) -> dict[str, float]:
         """Scalar view of ``stats`` (traces reduced to their last / mean value) for logs."""
@@ -95,6 +104,9 @@ def parse_box(box: Sequence[float] | None) -> tuple[float, float] | None:
     return low, high
 
 
+TRACE_MAX_DIMS = 16  # items up to this size (2-D toys, analytic targets) trace coordinates
+
+
 class Sampler(ABC):
     """Base class: batched chains, temperature, optional box constraint, snapshots.
 
@@ -107,6 +119,10 @@ class Sampler(ABC):
             CPUs that compute it natively (see :func:`autocast_dtype_for`); ``None`` keeps
             float32.
     """
+
+    #: Record per-chain traces and the final score for diagnostics (``task=sample`` turns it
+    #: on); costs one extra energy evaluation per step.
+    record_chains: bool = False
 
     def __init__(self, steps: int = 60, temperature: float = 1.0,
                  box: Sequence[float] | None = None, autocast: str | None = None) -> None:
@@ -131,6 +147,9 @@ class Sampler(ABC):
         chain = [x.clone()] if snapshot_every > 0 else []
         state = self.init_state(energy_fn, x, generator)
         state["steps"] = steps
+        record = self.record_chains
+        small = x[0].numel() <= TRACE_MAX_DIMS
+        per_chain: list[Tensor] = []
         for t in range(steps):
             state["t"] = t  # schedules and warm-up windows read the step index from here
             x, state, step_stats = self.step(energy_fn, x, state, generator)
@@ -141,11 +160,33 @@ class Sampler(ABC):
                 trace[t] = value
             if snapshot_every > 0 and ((t + 1) % snapshot_every == 0 or t + 1 == steps):
                 chain.append(x.clone())
+            if record:  # (B, 1 + D): energy, then the coordinates of small items
+                row = [self.chain_energy(energy_fn, x, state)[:, None].float()]
+                per_chain.append(torch.cat(row + ([x.flatten(1).float()] if small else []), 1)
+                                 .cpu())
         stats: dict[str, Tensor | float] = dict(traces)
         stats.update(self.final_stats(state))
+        stats["warmup_steps"] = float(self.warmup_for(steps))
         if steps:
             stats["acceptance_rate"] = float(traces["acceptance"].mean())
-        return SampleResult(x=x.detach(), stats=stats, chain=chain)
+        result = SampleResult(x=x.detach(), stats=stats, chain=chain)
+        if record and per_chain:
+            stacked = torch.stack(per_chain, 2)  # (B, 1 + D, steps)
+            result.chain_traces["energy"] = stacked[:, 0]
+            for i in range(1, stacked.shape[1]):
+                result.chain_traces[f"x[{i - 1}]"] = stacked[:, i]
+        if record and small:
+            result.score = self.target_score(energy_fn, x)
+        return result
+
+    def chain_energy(self, energy_fn: EnergyFn, x: Tensor, state: dict) -> Tensor:
+        """Each chain's energy ``(B,)`` at ``x`` for the diagnostic traces."""
+        return self._energy(energy_fn, x)
+
+    def target_score(self, energy_fn: EnergyFn, x: Tensor) -> Tensor | None:
+        """Score ``∇log p = −∇E(x)/T`` of the target at ``x`` (``None`` where the energy
+        needs more than ``x``, e.g. noise-conditional energies)."""
+        return -self._energy_and_grad(energy_fn, x)[1].detach() / self.temperature
 
     def warmup_for(self, steps: int) -> int:
         """How many of a run's first ``steps`` are warm-up (adaptation still changing the

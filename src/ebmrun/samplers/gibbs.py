@@ -74,6 +74,13 @@ class BlockGibbs(Sampler):
         return {}
 
     @torch.no_grad()
+    def chain_energy(self, energy_fn: EnergyFn, x: Tensor, state: dict) -> Tensor:
+        return energy_fn.free_energy(x.flatten(1)).float()  # F(v): the visible marginal
+
+    def target_score(self, energy_fn: EnergyFn, x: Tensor) -> Tensor | None:
+        return None  # binary states: no score
+
+    @torch.no_grad()
     def step(self, energy_fn: EnergyFn, x: Tensor, state: dict,
              generator: torch.Generator | None) -> tuple[Tensor, dict, dict[str, Tensor]]:
         model: BlockConditionals = energy_fn  # checked in init_state
