@@ -17,7 +17,7 @@ from ebmrun.models.analytic import GaussianEnergy, GaussianMixture, build_analyt
 from ebmrun.objectives.base import DataInfo
 from ebmrun.samplers import (HMC, MALA, SAMPLERS, STRUCTURED_SAMPLERS, AnnealedLangevin,
                              DenoisingChain, Langevin, RandomWalkMetropolis, ReplicaExchange,
-                             Sampler, StepSizeAdapter)
+                             NUTS, Sampler, StepSizeAdapter, UnderdampedLangevin)
 from ebmrun.samplers.base import in_box, reflect_into_box
 
 from conftest import compose_config
@@ -44,6 +44,8 @@ FAST: dict[str, Callable[..., Sampler]] = {
     "replica_exchange_langevin": lambda **kw: ReplicaExchange(
         num_replicas=2, max_temperature=3.0, swap_every=1, move="langevin", **kw),
     "dae_chain": lambda **kw: DenoisingChain(sigma=0.1, **kw),
+    "underdamped_langevin": lambda **kw: UnderdampedLangevin(step_size=0.2, **kw),
+    "nuts": lambda **kw: NUTS(step_size=0.2, max_tree_depth=4, adapt_steps=3, **kw),
 }
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 STEPS = 7
@@ -210,6 +212,10 @@ EXACT: dict[str, Callable[..., Sampler]] = {
                                                        anneal_fraction=0.5, steps=2000, **kw),
     "replica_exchange": lambda **kw: ReplicaExchange(num_replicas=4, max_temperature=6.0,
                                                      step_size=0.1, steps=1000, **kw),
+    # h = 0.1 is small next to the target's smallest scale (sd 0.45 along x1 − x2).
+    "underdamped_langevin": lambda **kw: UnderdampedLangevin(step_size=0.1, friction=1.0,
+                                                             steps=600, **kw),
+    "nuts": lambda **kw: NUTS(step_size=0.3, adapt_steps=100, steps=300, **kw),
 }
 N_CHAINS = 4000
 # Standard errors with 4000 independent chains are ≈ 0.02 (mean) and ≈ 0.03 (covariance);

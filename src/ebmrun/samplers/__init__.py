@@ -11,9 +11,11 @@ from ebmrun.samplers.gibbs import BlockGibbs
 from ebmrun.samplers.hmc import HMC
 from ebmrun.samplers.langevin import Langevin
 from ebmrun.samplers.mala import MALA
+from ebmrun.samplers.nuts import NUTS
 from ebmrun.samplers.metropolis import MetropolisSampler, StepSizeAdapter
 from ebmrun.samplers.replica_exchange import ReplicaExchange
 from ebmrun.samplers.rw_metropolis import RandomWalkMetropolis
+from ebmrun.samplers.underdamped_langevin import UnderdampedLangevin
 
 SAMPLERS: dict[str, type[Sampler]] = {
     "langevin": Langevin,
@@ -23,6 +25,8 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "annealed_langevin": AnnealedLangevin,
     "replica_exchange": ReplicaExchange,
     "dae_chain": DenoisingChain,
+    "underdamped_langevin": UnderdampedLangevin,
+    "nuts": NUTS,
 }
 
 # Samplers that need a model's structure, not only its energy (block Gibbs needs the RBM's
@@ -32,4 +36,4 @@ STRUCTURED_SAMPLERS: dict[str, type[Sampler]] = {"gibbs": BlockGibbs}
 __all__ = ["EnergyFn", "Sampler", "SampleResult", "energy_and_grad", "Langevin", "MALA", "HMC",
            "RandomWalkMetropolis", "AnnealedLangevin", "ReplicaExchange", "DenoisingChain",
            "MetropolisSampler", "StepSizeAdapter", "SAMPLERS", "BlockGibbs",
-           "STRUCTURED_SAMPLERS"]
+           "STRUCTURED_SAMPLERS", "UnderdampedLangevin", "NUTS"]
