@@ -37,7 +37,8 @@ from ebmrun.samplers import Sampler
 from ebmrun.samplers.base import autocast_context, autocast_dtype_for
 
 # Gradient evaluations per step, for the cost per gradient (HMC: L; replica exchange: K + a
-# forward for its statistics; others: 1).
+# forward for its statistics; NUTS: the leapfrog steps its batch ran, read from its stats;
+# others: 1).
 GRADS_PER_STEP: dict[str, Callable[[Sampler], float]] = {
     "hmc": lambda s: float(s.leapfrog_steps),
     "replica_exchange": lambda s: float(s.num_replicas),
@@ -90,18 +91,22 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     for name in names:
         sampler = build_sampler(name)
-        block = lambda: sampler.sample(model.energy, x0, steps=args.steps, generator=generator)
+        last: list = []
+        block = lambda: last.append(sampler.sample(model.energy, x0, steps=args.steps,  # noqa
+                                                   generator=generator))
         block(), bare_block()  # warm-up (allocator, oneDNN / cuDNN kernel choice)
         times = []
         for _ in range(args.repeats):
             bare_times.append(timed(bare_block, sync) / args.steps)
             times.append(timed(block, sync) / args.steps)
         per_step = statistics.median(times)
-        grads = GRADS_PER_STEP.get(name, lambda s: 1.0)(sampler)
+        grads = last[-1].stats.get("leapfrog_per_step") or \
+            GRADS_PER_STEP.get(name, lambda s: 1.0)(sampler)
         results[name] = {"autocast": str(autocast_dtype_for(sampler.autocast, device)),
                          "steps_per_s": round(1.0 / per_step, 2),
                          "ms_per_step": round(1e3 * per_step, 3),
-                         "ms_per_gradient": round(1e3 * per_step / grads, 3)}
+                         "ms_per_gradient": round(1e3 * per_step / grads, 3),
+                         "gradients_per_step": round(grads, 2)}
     bare = statistics.median(bare_times)
     out = {"model": "DeepEnergy((1, 28, 28))", "batch": args.batch, "device": str(device),
            "threads": torch.get_num_threads(), "bare_autocast": str(bare_autocast),
