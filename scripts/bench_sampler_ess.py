@@ -54,7 +54,8 @@ def run(name: str, sampler, grads_per_step: float, args, x0: torch.Tensor) -> di
     grads = grads_per_step * steps
     var_ratio = draws.permute(1, 0, 2).flatten(1).var(1) / STDS**2  # (DIM,): 1 if unbiased
     out = {"var_ratio_min": round(float(var_ratio.min()), 3),
-           "var_ratio_max": round(float(var_ratio.max()), 3),"steps": steps, "step_size": round(float(result.stats["step_size"]), 4),
+           "var_ratio_max": round(float(var_ratio.max()), 3), "steps": steps,
+           "step_size": round(float(result.stats["step_size"]), 4),
            "acceptance": round(float(result.stats.get("acceptance_rate", 1.0)), 3),
            "grads": round(grads), "min_bulk_ess": round(bulk, 1), "min_tail_ess": round(tail, 1),
            "bulk_ess_per_1k_grads": round(1000 * bulk / grads, 3),

@@ -130,6 +130,8 @@ def test_noise_conditional_energy_gets_the_sigma_schedule() -> None:
     assert sampler.steps == 12 and seen == pytest.approx([s for s in sigmas for _ in range(4)])
     assert result.stats["sigma"].tolist() == pytest.approx(seen)
     assert result.stats["step_size"] == pytest.approx(0.01)  # ε at the smallest σ
+    ncsn = AnnealedLangevin(sigmas=sigmas, temperature=2.0)  # NCSN: anneal σ, not T
+    assert ncsn.temperature_at(0, 9) == 2.0 and AnnealedLangevin().temperature_at(0, 9) == 10.0
     temps = AnnealedLangevin(initial_temperature=8.0, temperature=2.0)
     assert [temps.temperature_at(t, 3) for t in range(3)] == pytest.approx([8.0, 4.0, 2.0])
 
