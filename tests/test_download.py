@@ -122,7 +122,7 @@ def test_failed_download_leaves_nothing_behind(server: _Server, tmp_path: Path,
     msg = str(info.value)
     assert "\n" not in msg and "download failed" in msg and f"127.0.0.1:{server.server_port}" in msg
     assert "download=true" not in msg  # already on: not suggested
-    assert "MNIST/raw/train-images-idx3-ubyte.gz" in msg and "make data" in msg
+    assert "MNIST/raw/train-images-idx3-ubyte.gz" in msg and "ebmrun.data.fetch mnist" in msg
 
 
 def test_failed_download_keeps_existing_files(server: _Server, tmp_path: Path) -> None:
@@ -174,3 +174,12 @@ def test_root_one_level_too_deep_is_refused_not_downloaded_into(
             load_idx_dataset("mnist", str(deep), download=True)
     assert server.served == [] and not (raw.parent / "MNIST").exists()
     assert not (raw / "MNIST").exists()
+
+
+def test_lab_mirror_from_the_environment(server: _Server, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """$EBMRUN_DATA_MIRROR (a copy of a data root) is tried before the public mirrors."""
+    monkeypatch.setitem(download.MIRRORS, "mnist", ("http://127.0.0.1:9/unused/",))
+    monkeypatch.setenv(download.MIRROR_ENV, f"http://127.0.0.1:{server.server_port}/lab/")
+    load_idx_dataset("mnist", str(tmp_path / "data"), download=True)
+    assert len(list((tmp_path / "data" / "MNIST" / "raw").iterdir())) == 4

@@ -45,6 +45,10 @@ MD5: dict[str, dict[str, str]] = {
     },
 }
 
+# Optional base URL of a copy of a data root (``<url>/MNIST/raw/<file>``), e.g. a lab's
+# internal mirror; tried before the public mirrors.
+MIRROR_ENV = "EBMRUN_DATA_MIRROR"
+
 TIMEOUT_S = 30.0  # per connection attempt / read; a dead mirror must not hang a run
 CHUNK = 1 << 16
 
@@ -88,11 +92,15 @@ def fetch_dataset(name: str, raw_dir: Path, files: Sequence[str],
                   mirrors: Sequence[str] | None = None) -> None:
     """Download ``files`` (names from :data:`MD5`) of dataset ``name`` into ``raw_dir``.
 
-    All files land in a temporary folder first and are verified; only then is ``raw_dir``
+    Mirrors: ``mirrors``, else ``$EBMRUN_DATA_MIRROR`` (if set) then :data:`MIRRORS`. All
+    files land in a temporary folder first and are verified; only then is ``raw_dir``
     created and filled. Raises DownloadError (nothing written) if any file fails on every
     mirror.
     """
-    mirrors = MIRRORS[name] if mirrors is None else mirrors
+    if mirrors is None:
+        local = os.environ.get(MIRROR_ENV)
+        own = [f"{local.rstrip('/')}/{raw_dir.parent.name}/raw/"] if local else []
+        mirrors = [*own, *MIRRORS[name]]
     with tempfile.TemporaryDirectory(prefix="ebmrun-download-") as tmp:
         for filename in files:
             reasons = []
