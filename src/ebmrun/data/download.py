@@ -117,9 +117,9 @@ def fetch_dataset(name: str, raw_dir: Path, files: Sequence[str],
 
 
 def install_files(src: Path, raw_dir: Path, files: Sequence[str]) -> None:
-    """Copy the complete, verified ``files`` from ``src`` into ``raw_dir``, each renamed into place
-    from a hidden temporary name. On failure, undo: remove what was copied and the folders
-    this call created."""
+    """Copy the complete, verified ``files`` from ``src`` into ``raw_dir``, each renamed into
+    place from a hidden temporary name. On failure, undo: remove what was copied and the
+    folders this call created."""
     created = [p for p in (raw_dir, *raw_dir.parents) if not p.exists()]
     placed: list[Path] = []
     try:
