@@ -120,7 +120,8 @@ def test_failed_download_leaves_nothing_behind(server: _Server, tmp_path: Path,
     assert not root.exists()  # not even an empty MNIST/raw
     assert _everything_under(tmp_path / "tmp") == []
     msg = str(info.value)
-    assert "\n" not in msg and "download failed" in msg and f"127.0.0.1:{server.server_port}" in msg
+    assert "\n" not in msg and "download failed" in msg
+    assert f"127.0.0.1:{server.server_port}" in msg  # the reason, whole
     assert "download=true" not in msg  # already on: not suggested
     assert "MNIST/raw/train-images-idx3-ubyte.gz" in msg and "ebmrun.data.fetch mnist" in msg
 
