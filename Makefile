@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 EBMRUN_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),$(CURDIR)/data)
 export EBMRUN_DATA_DIR
 
-.PHONY: help install run test test-slow bench tensorboard clean
+.PHONY: help install data run test test-slow bench tensorboard clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -19,16 +19,19 @@ $(BIN)/ebmrun: pyproject.toml
 
 install: $(BIN)/ebmrun  ## create .venv and install ebmrun (editable) with test deps
 
-run: install  ## train the default model (deep EBM on MNIST, ~10 min on a laptop CPU)
+data: install  ## download MNIST / Fashion-MNIST into $EBMRUN_DATA_DIR if missing (md5-checked)
+	@$(BIN)/python -m ebmrun.data.fetch
+
+run: data  ## train the default model (deep EBM on MNIST, ~10 min on a laptop CPU)
 	$(BIN)/ebmrun
 
-test: install  ## run the test suite (fast tests; no network, no GPU)
+test: data  ## run the test suite (fast tests; no GPU; network only if data is missing)
 	$(BIN)/python -m pytest -q
 
-test-slow: install  ## run only the slow statistical / quality tests
+test-slow: data  ## run only the slow statistical / quality tests
 	$(BIN)/python -m pytest -q -m slow
 
-bench: install  ## training throughput of the default model (JSON)
+bench: data  ## training throughput of the default model (JSON)
 	$(BIN)/python scripts/bench.py model=deep_ebm dataset=mnist
 
 tensorboard: install  ## serve TensorBoard over outputs/

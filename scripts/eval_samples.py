@@ -5,7 +5,8 @@
 PATH/samples.pt holds one float tensor (N, 1, 28, 28) in [-1, 1]. The first ``--n`` samples
 are compared with the whole test split; ``real_floor`` is the same metric for ``--n`` random
 real training images, i.e. the best score reachable with that many samples. The evaluator is
-loaded from the cache (or trained once, a few CPU minutes).
+the one shipped with ebmrun (no training); ``evaluator`` in the output names it
+(``<dataset>-<weights hash>``): compare only numbers with the same name.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def evaluate(path: Path, dataset: str, root: str | None, n: int, cache_dir: str 
     result.update(sample_quality(evaluator, samples, test))
     result["real_floor"] = real_floor(evaluator, data.to_float(data.train[idx]), test)
     result["evaluator_test_accuracy"] = evaluator.test_accuracy
+    result["evaluator"] = evaluator.version
     return result
 
 

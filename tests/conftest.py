@@ -22,20 +22,33 @@ TINY = ["device=cpu", "trainer.max_steps=4", "trainer.batch_size=16", "trainer.l
 
 
 def _find_data_root() -> Path:
+    """$EBMRUN_DATA_DIR (relative to the repo root, as CI sets it), else the shared folder
+    next to the repo if there is one, else ./data: the same choice as the Makefile's."""
     env = os.environ.get("EBMRUN_DATA_DIR")
-    return (REPO_ROOT / env).resolve() if env else REPO_ROOT.parent / "shared" / "data"
+    if env:
+        return (REPO_ROOT / env).resolve()
+    shared = REPO_ROOT.parent / "shared" / "data"
+    return shared if shared.is_dir() else REPO_ROOT / "data"
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    """Without MNIST / Fashion-MNIST most tests cannot run: end the session before the first
+    test with one line naming the files, the folder and the fix, not a wall of failures.
+    (Here rather than in pytest_sessionstart, where pytest prints the message twice.)"""
+    from ebmrun.data.fetch import missing_by_folder, missing_message
+
+    root = _find_data_root()
+    missing = missing_by_folder(root)
+    if missing:
+        pytest.exit(f"ebmrun tests need data: {missing_message(root, missing)}", returncode=2)
 
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    """The root holding MNIST/raw and FashionMNIST/raw: $EBMRUN_DATA_DIR (relative to the
-    repo root, as CI sets it) or the shared folder next to the repo. Fails, not skips: the
-    data is always there in CI."""
-    root = _find_data_root()
-    if not (root / "MNIST" / "raw").is_dir() or not (root / "FashionMNIST" / "raw").is_dir():
-        pytest.fail(f"MNIST / Fashion-MNIST not found under {root}: set EBMRUN_DATA_DIR to the "
-                    f"folder holding MNIST/raw and FashionMNIST/raw")
-    return root
+    """The root holding MNIST/raw and FashionMNIST/raw (see :func:`_find_data_root`);
+    no test runs without them (:func:`pytest_collection_modifyitems`)."""
+    return _find_data_root()
 
 
 @pytest.fixture(autouse=True)

@@ -94,14 +94,13 @@ def test_eval_of_the_true_density_has_tiny_kl(tmp_path: Path) -> None:
 
 def test_eval_of_a_trained_mnist_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Train 4 tiny steps with periodic evaluation, then task=eval the checkpoint: sample
-    quality (with a stand-in evaluator, so no classifier is trained here) and all AUROCs."""
-    from ebmrun.metrics.evaluator import Evaluator, evaluator_path, save_evaluator
+    quality with the shipped evaluator (named in metrics.json, nothing trained or cached)
+    and all AUROCs."""
+    from ebmrun.metrics.evaluator import get_evaluator
 
     cache = tmp_path / "cache"
-    stand_in = Evaluator()
-    stand_in.dataset, stand_in.test_accuracy = "mnist", 0.5
-    save_evaluator(stand_in, evaluator_path("mnist", cache), seed=0)
     monkeypatch.setenv("EBMRUN_CACHE_DIR", str(cache))
+    shipped = get_evaluator("mnist", root=None).version
     small = ["eval.n_samples=20", "eval.max_test=100", "eval.sample_steps=2"]
     run_ok([*TINY, *small, "eval.every=2", "trainer.objective_metric=eval/ood/auroc_noise"],
            cwd=tmp_path)
@@ -117,6 +116,8 @@ def test_eval_of_a_trained_mnist_model(tmp_path: Path, monkeypatch: pytest.Monke
                 "ood/auroc_flip", "energy/test_mean"):
         assert math.isfinite(metrics[key]), key
     assert metrics["checkpoint_step"] == 4 and metrics["samples/n_samples"] == 20
+    assert metrics["samples/evaluator"] == trained["eval/samples/evaluator"] == shipped
+    assert not cache.exists()  # the shipped weights: no evaluator trained or cached
 
 
 def test_eval_needs_a_checkpoint_for_trained_families(tmp_path: Path) -> None:

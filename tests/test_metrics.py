@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from ebmrun.errors import UserError
+from ebmrun.metrics import evaluator as evaluator_module
 from ebmrun.metrics.evaluator import (Evaluator, evaluator_path, get_evaluator, load_evaluator,
-                                      random_shift, save_evaluator)
+                                      save_evaluator)
+from ebmrun.metrics.evaluator_training import random_shift
 from ebmrun.metrics.frechet import feature_stats, frechet_distance
 from ebmrun.metrics.sample_quality import MAX_CLASS_KL, class_stats, real_floor, sample_quality
 
@@ -119,19 +121,39 @@ def test_class_stats_extremes() -> None:
     assert s["classes_present"] == 10 and s["class_kl_uniform"] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_evaluator_cache_roundtrip(tmp_path) -> None:
+def test_evaluator_cache_roundtrip(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retrained evaluator (no shipped weights for its dataset) is cached and reloaded."""
+    monkeypatch.setattr(evaluator_module, "SHIPPED_DIR", tmp_path / "no_shipped_weights")
     torch.manual_seed(0)
     ev = Evaluator()
     ev.dataset, ev.test_accuracy = "mnist", 0.5
     path = evaluator_path("mnist", tmp_path)
-    assert path == tmp_path / "evaluators" / "mnist-v1.pt"
+    assert path == tmp_path / "evaluators" / "mnist-v2.pt"
     save_evaluator(ev, path, seed=0)
-    assert [p.name for p in path.parent.iterdir()] == ["mnist-v1.pt"]  # no temp file left
+    assert [p.name for p in path.parent.iterdir()] == ["mnist-v2.pt"]  # no temp file left
     loaded = get_evaluator("mnist", root=None, cache_dir=str(tmp_path))  # from cache, no data
-    assert loaded.test_accuracy == 0.5
+    assert loaded.test_accuracy == 0.5 and loaded.version == ev.version
     x = torch.rand(5, 1, 28, 28) * 2 - 1
     assert torch.allclose(loaded.logits(x), ev.logits(x))
     with pytest.raises(UserError):
         load_evaluator(path, "fashion_mnist")
     with pytest.raises(UserError):
         get_evaluator("cifar10", root=None, cache_dir=str(tmp_path))
+
+
+def test_retraining_is_announced(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture) -> None:
+    """Without shipped weights the evaluator is trained: the message says what, how long and
+    where it is cached (training itself is replaced by a stand-in here)."""
+    monkeypatch.setattr(evaluator_module, "SHIPPED_DIR", tmp_path / "no_shipped_weights")
+
+    def stand_in(dataset: str, root: str | None, seed: int = 0) -> Evaluator:
+        ev = Evaluator()
+        ev.dataset, ev.test_accuracy = dataset, 0.5
+        return ev
+
+    monkeypatch.setattr(evaluator_module, "train_evaluator", stand_in)
+    get_evaluator("fashion_mnist", root=None, cache_dir=str(tmp_path))
+    err = capsys.readouterr().err
+    cached = evaluator_path("fashion_mnist", tmp_path)
+    assert "training" in err and "min" in err and str(cached) in err and cached.is_file()

@@ -25,7 +25,9 @@ def test_wheel_install_runs_from_an_unrelated_directory(tmp_path: Path) -> None:
     (wheel,) = dist.glob("ebmrun-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"ebmrun/conf/config.yaml", "ebmrun/conf/model/deep_ebm.yaml",
-            "ebmrun/conf/dataset/mnist.yaml", "ebmrun/cli.py"} <= names
+            "ebmrun/conf/dataset/mnist.yaml", "ebmrun/cli.py",
+            "ebmrun/metrics/evaluator_weights/mnist.pt",
+            "ebmrun/metrics/evaluator_weights/fashion_mnist.pt"} <= names
 
     venv = tmp_path / "venv"
     assert _run([sys.executable, "-m", "venv", venv]).returncode == 0

@@ -144,12 +144,17 @@ def _sample_quality(cfg: DictConfig, objective: Objective, data: InMemoryData, t
     metrics["evaluator_test_accuracy"] = float(evaluator.test_accuracy or 0.0)
     if settings.inception_fid:
         metrics["inception_fid"] = inception_fid(samples, reference)
-    return EvalReport(metrics={k: float(v) for k, v in metrics.items()})
+    numbers = {k: float(v) for k, v in metrics.items()}
+    # Which evaluator measured them ("mnist-<weights hash>"), beside the numbers in
+    # metrics.json: numbers of different evaluators must not be compared. Not a scalar, so
+    # log_report and the HParams tab leave it out.
+    return EvalReport(metrics={**numbers, "evaluator": evaluator.version})
 
 
 def log_report(report: EvalReport, logger: RunLogger, step: int) -> None:
     """Scalars under ``eval/`` and the figures as images, at training step ``step``."""
-    logger.scalars(report.metrics, step, prefix="eval/")
+    logger.scalars({k: v for k, v in report.metrics.items() if not isinstance(v, str)}, step,
+                   prefix="eval/")
     for name, figure in report.figures.items():
         logger.writer.add_image(f"eval/{name}", figure, step)
     logger.flush()
@@ -176,5 +181,5 @@ def eval_task(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict:
                **report.metrics, "tables": report.tables}
     atomic_write_json(metrics, run_dir / "metrics.json")
     for key, value in report.metrics.items():
-        print(f"  {key:<32} {value:.6g}")
+        print(f"  {key:<32} {value if isinstance(value, str) else format(value, '.6g')}")
     return metrics

@@ -9,6 +9,7 @@ numpy arrays, so a data file cannot run code.
 from __future__ import annotations
 
 import pickle
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ebmrun.data.base import InMemoryData
+from ebmrun.data.download import install_files
 from ebmrun.data.root import as_range, missing_files, missing_files_error, resolve_data_root
 from ebmrun.errors import UserError
 
@@ -71,10 +73,16 @@ def _read_split(files: tuple[str, ...], folder: Path) -> tuple[Tensor, Tensor]:
 
 
 def _download(root: Path) -> None:
-    """Fetch and unpack the python version with torchvision (imported only here: slow)."""
+    """Fetch and unpack the python version with torchvision (which checks its md5) in a
+    temporary folder, then copy the missing files into ``root/cifar-10-batches-py``: a failed
+    download leaves nothing in ``root``. torchvision is imported only here (slow)."""
     import torchvision.datasets
 
-    torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+    with tempfile.TemporaryDirectory(prefix="ebmrun-download-") as tmp:
+        torchvision.datasets.CIFAR10(tmp, train=True, download=True)
+        dest = root / FOLDER
+        install_files(Path(tmp) / FOLDER, dest, [f for f in TRAIN_FILES + TEST_FILES
+                                                 if not (dest / f).is_file()])
 
 
 def load_cifar10(name: str = "cifar10", root: str | None = None, download: bool = False,
@@ -85,7 +93,8 @@ def load_cifar10(name: str = "cifar10", root: str | None = None, download: bool 
         name: dataset name used in run names and logs.
         root: data root holding ``cifar-10-batches-py/`` (see
             :func:`~ebmrun.data.root.resolve_data_root` for the default).
-        download: fetch missing files with torchvision (needs network and a writable root).
+        download: fetch missing files with torchvision (needs network and a writable root);
+            all or nothing: a failed download leaves nothing in the root.
         value_range: range of ``to_float`` output, ``(low, high)`` (a list is accepted).
 
     Returns:
@@ -105,7 +114,8 @@ def load_cifar10(name: str = "cifar10", root: str | None = None, download: bool 
             note = f"download failed: {type(exc).__name__}: {exc}"
         missing = missing_files(data_root, required)
     if missing:
-        raise missing_files_error(name, data_root, missing, FOLDER, note)
+        raise missing_files_error(name, data_root, missing, FOLDER, note,
+                                  download_tried=download)
 
     folder = data_root / FOLDER
     train, train_labels = _read_split(TRAIN_FILES, folder)

@@ -19,7 +19,9 @@ import torch
 from torch import Tensor
 
 from ebmrun.data.base import InMemoryData
-from ebmrun.data.root import as_range, missing_files, missing_files_error, resolve_data_root
+from ebmrun.data.download import DownloadError, fetch_dataset
+from ebmrun.data.root import (DATA_DIR_ENV, as_range, missing_files, missing_files_error,
+                              resolve_data_root)
 from ebmrun.errors import UserError
 
 
@@ -94,12 +96,15 @@ def read_idx(path_without_gz: Path) -> np.ndarray:
     return parse_idx(data, path)
 
 
-def _download(spec: IdxSpec, root: Path) -> None:
-    """Fetch the files with torchvision, which writes ``<root>/<folder>/raw``. Imported here
-    because torchvision is slow to import and only needed for a download."""
-    import torchvision.datasets
-
-    getattr(torchvision.datasets, spec.torchvision_class)(str(root), train=True, download=True)
+def misdirected_root(spec: IdxSpec, root: Path) -> Path | None:
+    """The root the user meant when ``root`` points inside the dataset's own folder (e.g.
+    ``<dir>/MNIST`` or ``<dir>/MNIST/raw`` instead of ``<dir>``), else None."""
+    probe = IDX_FILES["train"][0]
+    for meant, raw in ((root.parent, root / "raw"), (root.parent.parent, root)):
+        if raw.name == "raw" and raw.parent.name == spec.folder and any(
+                (raw / (probe + s)).is_file() for s in SUFFIXES):
+            return meant
+    return None
 
 
 def _load_split(name: str, raw: Path, split: str) -> tuple[Tensor, Tensor]:
@@ -129,7 +134,8 @@ def load_idx_dataset(name: str, root: str | None = None, download: bool = False,
         name: ``"mnist"`` or ``"fashion_mnist"``.
         root: data root holding ``MNIST/raw`` / ``FashionMNIST/raw`` (see
             :func:`~ebmrun.data.root.resolve_data_root` for the default).
-        download: fetch missing files with torchvision (needs network and a writable root).
+        download: fetch missing files (needs network and a writable root); all or nothing,
+            md5-verified (see :mod:`ebmrun.data.download`).
         value_range: range of ``to_float`` output, ``(low, high)`` (a list is accepted).
         binarize: ``None`` or ``"dynamic"`` (binarised-MNIST benchmark; needs
             ``value_range=[0, 1]``: grey values are the Bernoulli probabilities).
@@ -154,15 +160,22 @@ def load_idx_dataset(name: str, root: str | None = None, download: bool = False,
     required = [f"{folder}/{f}" for pair in IDX_FILES.values() for f in pair]
 
     missing = missing_files(data_root, required, SUFFIXES)
+    meant = misdirected_root(spec, data_root) if missing else None
+    if meant is not None:  # never download into <dir>/MNIST/MNIST/raw
+        raise UserError(f"dataset {name}: data root {data_root} is inside the {spec.folder} "
+                        f"folder; fix: dataset.root={meant} (or {DATA_DIR_ENV}={meant}): the "
+                        f"root is the folder that holds {folder}/")
     note = "the .gz or unpacked form of each"
     if missing and download:
-        try:
-            _download(spec, data_root)
-        except Exception as exc:  # no network, read-only root, mirror down: all end the same
-            note = f"download failed: {type(exc).__name__}: {exc}"
+        try:  # all or nothing: a failure leaves no file or folder behind
+            fetch_dataset(name, data_root / folder, [Path(m).name for m in missing])
+        except DownloadError as exc:
+            note = f"download failed: {exc}"
         missing = missing_files(data_root, required, SUFFIXES)
     if missing:
-        raise missing_files_error(name, data_root, missing, folder, note)
+        raise missing_files_error(
+            name, data_root, missing, folder, note, download_tried=download,
+            fetch_command=f"python -m ebmrun.data.fetch {name} --root <dir>")
 
     raw = data_root / folder
     train, train_labels = _load_split(name, raw, "train")

@@ -45,8 +45,10 @@ def one_line(text: object, limit: int = 200) -> str:
 
 
 def missing_files_error(dataset: str, root: Path, missing: Sequence[str], folder: str,
-                        note: str = "") -> UserError:
-    """The one-line UserError for missing dataset files.
+                        note: str = "", download_tried: bool = False,
+                        fetch_command: str = "") -> UserError:
+    """The one-line UserError for missing dataset files: which files, which folder, and the
+    ways to provide them.
 
     Args:
         dataset: dataset name, e.g. ``"mnist"``.
@@ -54,13 +56,19 @@ def missing_files_error(dataset: str, root: Path, missing: Sequence[str], folder
         missing: the missing paths, relative to ``root``.
         folder: the folder (relative to ``root``) the files belong in, e.g. ``"MNIST/raw"``.
         note: extra detail, e.g. why a download failed; appended in parentheses.
+        download_tried: a download was attempted (so ``dataset.download=true`` is already on
+            and is not suggested; a copy from a machine with network is).
+        fetch_command: a command that downloads them there, e.g.
+            ``python -m ebmrun.data.fetch mnist --root <dir>``.
     """
-    detail = f" ({one_line(note)})" if note else ""
+    detail = f" ({one_line(note, limit=400)})" if note else ""
+    how = f"`{fetch_command}`" if fetch_command else "dataset.download=true"
+    fetch = (f"or download them where there is network ({how}) and copy them over"
+             if download_tried else "or set dataset.download=true with network access")
     return UserError(
         f"dataset {dataset}: missing {', '.join(missing)} under data root {root}{detail}; "
         f"fix: put them under {root / folder}/, or point dataset.root=<dir> (or "
-        f"{DATA_DIR_ENV}=<dir>) at a root that has them, or set dataset.download=true "
-        f"with network access")
+        f"{DATA_DIR_ENV}=<dir>) at a root that has them, {fetch}")
 
 
 def require_files(dataset: str, root: Path, required: Sequence[str], folder: str,

@@ -56,8 +56,10 @@ class RunLogger:
 
     def hparams(self, hparams: Mapping[str, float | int | str | bool],
                 metrics: Mapping[str, float]) -> None:
-        """Log to the HParams tab; the events go into this run's own dir."""
-        self.writer.add_hparams(dict(hparams), dict(metrics), run_name=".")
+        """Log to the HParams tab; the events go into this run's own dir. Only numeric
+        ``metrics`` are logged (a label such as ``eval/samples/evaluator`` is not a metric)."""
+        numeric = {k: v for k, v in metrics.items() if not isinstance(v, str)}
+        self.writer.add_hparams(dict(hparams), numeric, run_name=".")
 
     def flush(self) -> None:
         self.writer.flush()
