@@ -200,4 +200,10 @@ def optim_settings(cfg: DictConfig) -> OptimSettings:
 
 
 def make_batches(cfg: DictConfig, data: InMemoryData) -> BatchIterator:
-    return BatchIterator(len(data.train), cfg.trainer.batch_size, seed=cfg.seed + 2)
+    """The training order; a batch larger than the training split is refused (it used to be
+    capped silently while config.yaml kept the asked size)."""
+    size, n = cfg.trainer.batch_size, len(data.train)
+    if size > n:
+        raise UserError(f"trainer.batch_size={size} is larger than the {n} training items of "
+                        f"{data.name} (fix: trainer.batch_size=<at most {n}>)")
+    return BatchIterator(n, size, seed=cfg.seed + 2)
