@@ -8,6 +8,7 @@ the model for an objective) are passed at build time, never written into the use
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import typing
 from collections.abc import Sequence
@@ -81,7 +82,9 @@ def check_target_node(node: DictConfig, where: str, injected: Sequence[str] = ()
             continue
         if key not in params or key in injected:
             valid = sorted(k for k in params if k not in injected and k != "self")
-            raise UserError(f"unknown key {where}.{key} (valid keys: {', '.join(valid)})")
+            close = difflib.get_close_matches(str(key).lower(), valid, n=1)
+            hint = f" (did you mean {where}.{close[0]}?)" if close else ""
+            raise UserError(f"unknown key {where}.{key}{hint} (valid keys: {', '.join(valid)})")
         if isinstance(value, DictConfig):
             continue
         plain = OmegaConf.to_object(value) if isinstance(value, ListConfig) else value
