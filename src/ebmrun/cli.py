@@ -113,7 +113,8 @@ def hydra_entry(cfg: DictConfig) -> float | None:
     except UserError as exc:
         if lock is not None:
             lock.release()
-        print(f"ebmrun: error: {one_line(exc)}", file=sys.stderr)
+        if distributed.is_main():
+            print(f"ebmrun: error: {one_line(exc)}", file=sys.stderr)
         if multirun:  # record the failure and let the sweep go on
             atomic_write_bytes(run_dir / "error.txt", (one_line(exc) + "\n").encode())
             return None  # sweepers record a failed trial (Optuna: hydra.sweeper.max_failure_rate)
@@ -146,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
             extra = preflight(argv, loaded)
             extra += distributed.start(CONFIG_DIR, [*argv, *extra])  # torchrun: join, share dir
         except UserError as exc:
-            print(f"ebmrun: error: {one_line(exc)}", file=sys.stderr)
+            if distributed.launch_rank() == 0:  # torchrun: every rank refuses, one says so
+                print(f"ebmrun: error: {one_line(exc)}", file=sys.stderr)
             sys.exit(UserError.exit_code)
     sys.argv = [sys.argv[0] if sys.argv else "ebmrun", *argv, *extra]
     try:
