@@ -26,7 +26,7 @@ from ebmrun.checkpoint import CKPT_NAME, atomic_write_bytes, load_checkpoint
 from ebmrun.config import CONFIG_DIR, merge_overrides, register_configs
 from ebmrun.errors import UserError
 from ebmrun.evaluation import eval_task
-from ebmrun.lock import RunLock
+from ebmrun.lock import RunDirInUse, RunLock
 from ebmrun.preflight import (CHECKPOINT_TASKS, needs_checkpoint, needs_ckpt_message,
                               one_line, preflight, with_saved_model)
 from ebmrun.run import train
@@ -115,10 +115,11 @@ def hydra_entry(cfg: DictConfig) -> float | None:
             lock.release()
         if distributed.is_main():
             print(f"ebmrun: error: {one_line(exc)}", file=sys.stderr)
-        if multirun:  # record the failure and let the sweep go on
-            atomic_write_bytes(run_dir / "error.txt", (one_line(exc) + "\n").encode())
+        if multirun:  # record the failure (not in a dir another process holds), go on
+            if not isinstance(exc, RunDirInUse):
+                atomic_write_bytes(run_dir / "error.txt", (one_line(exc) + "\n").encode())
             return None  # sweepers record a failed trial (Optuna: hydra.sweeper.max_failure_rate)
-        if distributed.is_main():
+        if distributed.is_main() and not isinstance(exc, RunDirInUse):
             _cleanup_failed_run_dir(run_dir, resumed=bool(cfg.resume))
         sys.exit(UserError.exit_code)
     finally:

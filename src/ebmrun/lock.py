@@ -36,6 +36,10 @@ def _holder(path: Path) -> str:
         return "another process"
 
 
+class RunDirInUse(UserError):
+    """Another process holds the run dir: write nothing there (not even error.txt)."""
+
+
 class RunLock:
     """``with RunLock(run_dir):`` -- hold the run dir's lock, or raise :class:`UserError`."""
 
@@ -51,7 +55,7 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise UserError(f"run dir {self.path.parent} is in use by {_holder(self.path)} "
+                raise RunDirInUse(f"run dir {self.path.parent} is in use by {_holder(self.path)} "
                                 f"(fix: wait for it to end or stop it; one process writes a run "
                                 f"dir at a time)") from None
             # The holder we waited for may have unlinked the file just before releasing:
