@@ -65,6 +65,9 @@ CASES: list[tuple[str, list[str], str]] = [
      "does not match the configured model"),
     ("resume a finished run", ["resume={ckpt}"], "already finished"),
     ("resume from nowhere", ["resume={missing}"], "checkpoint not found"),
+    ("ckpt with task=train", ["ckpt={ckpt}"], "task=train would ignore it"),
+    ("resume as another family", ["resume={ebgan}", "model=deep_ebm"],
+     "continues a ebgan run, not deep_ebm"),
     ("eval without ckpt", ["task=eval"], "task=eval needs a checkpoint"),
     # data and devices
     ("data root missing offline", ["dataset.root={missing}", "dataset.download=false"],
@@ -74,6 +77,9 @@ CASES: list[tuple[str, list[str], str]] = [
     ("unknown toy density", ["dataset=toy2d", "dataset.name=blobs"], "blobs"),
     ("cuda without CUDA", ["device=cuda"], "device=cuda"),
     ("mps without MPS", ["device=mps"], "device=mps"),
+    ("batch larger than the data", ["dataset=toy2d", "dataset.n_train=10"],
+     "trainer.batch_size=16 is larger than the 10 training items"),
+    ("argument without =", ["train"], "(fix: ebmrun task=train)"),
     # output
     ("unwritable output dir", ["hydra.run.dir={file}/run"], "cannot write the run dir"),
 ]

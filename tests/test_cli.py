@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -40,10 +41,18 @@ def test_train_writes_the_run_dir_contract(trained_run: Path) -> None:
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["steps"] == 4 and metrics["images_per_s"] > 0
     assert metrics["objective"]["name"] == "loss"
+    assert not (trained_run / ".ebmrun.lock").exists()  # released when the run ended
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("last.pt", "metrics.json", "config.yaml", "samples.pt"):  # like open()
+        assert (trained_run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 def test_resume_then_sample(trained_run: Path, workdir: Path) -> None:
-    run_ok([f"resume={trained_run}", "trainer.max_steps=6"], workdir)
+    resumed = run_ok([f"resume={trained_run}", "trainer.max_steps=6"], workdir)
+    shown = str(trained_run.relative_to(workdir))  # printed at the start and the end
+    assert f"train run dir: {shown}" in resumed.stdout
+    assert f"tensorboard --logdir {shown}" in resumed.stdout
     assert json.loads((trained_run / "metrics.json").read_text())["steps"] == 6
     assert _run_dirs(workdir) == [trained_run]  # same run dir, no new one
 
@@ -53,7 +62,7 @@ def test_resume_then_sample(trained_run: Path, workdir: Path) -> None:
     sampled = run_ok(["task=sample", f"ckpt={trained_run}", "sample.n=12", "sample.steps=5"],
                      workdir)
     (sample_dir,) = _run_dirs(workdir, "sample")
-    assert str(sample_dir) in sampled.stdout
+    assert f"outputs in {sample_dir.relative_to(workdir)}" in sampled.stdout
     samples = torch.load(sample_dir / "samples.pt", weights_only=True)
     assert samples.shape == (12, 1, 28, 28) and samples.dtype == torch.float32
     assert samples.min() >= -1 and samples.max() <= 1
@@ -73,6 +82,9 @@ def test_multirun_makes_one_dir_per_job(tmp_path: Path) -> None:
                      tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
+    shown = str(sweep.relative_to(tmp_path))  # the sweep dir, at the start and the end
+    assert f"sweep dir: {shown}" in result.stdout
+    assert f"ebmrun-report {shown}" in result.stdout
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert len(jobs) == 4 and len(set(jobs)) == 4
     assert jobs[0].startswith("0_") and "optim.lr=0.0001" in jobs[0]

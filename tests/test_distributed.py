@@ -161,3 +161,15 @@ def test_torchrun_refuses_sweeps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UserError, match="not a sweep"):
         ddp.start("unused", ["-m", "seed=0,1"])
+
+
+def test_torchrun_refuses_a_self_stepping_family_before_joining(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused in the pre-flight of every rank (only rank 0 prints the line): no process
+    group, no run dir, no rank waiting for another that has quit."""
+    from ebmrun.cli import CONFIG_DIR
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="model=ebgan .* steps its own optimizers"):
+        ddp.start(CONFIG_DIR, ["model=ebgan", "device=cpu"])
+    assert not torch.distributed.is_initialized()

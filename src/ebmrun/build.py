@@ -8,6 +8,7 @@ the model for an objective) are passed at build time, never written into the use
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import typing
 from collections.abc import Sequence
@@ -81,7 +82,9 @@ def check_target_node(node: DictConfig, where: str, injected: Sequence[str] = ()
             continue
         if key not in params or key in injected:
             valid = sorted(k for k in params if k not in injected and k != "self")
-            raise UserError(f"unknown key {where}.{key} (valid keys: {', '.join(valid)})")
+            close = difflib.get_close_matches(str(key).lower(), valid, n=1)
+            hint = f" (did you mean {where}.{close[0]}?)" if close else ""
+            raise UserError(f"unknown key {where}.{key}{hint} (valid keys: {', '.join(valid)})")
         if isinstance(value, DictConfig):
             continue
         plain = OmegaConf.to_object(value) if isinstance(value, ListConfig) else value
@@ -202,4 +205,10 @@ def optim_settings(cfg: DictConfig) -> OptimSettings:
 
 
 def make_batches(cfg: DictConfig, data: InMemoryData) -> BatchIterator:
-    return BatchIterator(len(data.train), cfg.trainer.batch_size, seed=cfg.seed + 2)
+    """The training order; a batch larger than the training split is refused (it used to be
+    capped silently while config.yaml kept the asked size)."""
+    size, n = cfg.trainer.batch_size, len(data.train)
+    if size > n:
+        raise UserError(f"trainer.batch_size={size} is larger than the {n} training items of "
+                        f"{data.name} (fix: trainer.batch_size=<at most {n}>)")
+    return BatchIterator(n, size, seed=cfg.seed + 2)

@@ -26,12 +26,21 @@ VERSION = 1
 CKPT_NAME = "last.pt"
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file: 0o666 minus the umask (mkstemp's
+    files are 0600, which hid run outputs from the rest of a lab group)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file + fsync + rename (never half-written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -10,6 +10,7 @@ validates their keys and value types against the target's signature.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -17,6 +18,18 @@ from omegaconf import MISSING, DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from ebmrun.errors import UserError
+
+
+def config_dir() -> str:
+    """The config tree: inside the installed package (wheel) or the repo's top-level conf/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parents[1] / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError("ebmrun's config tree (conf/config.yaml) is missing from the install")
+
+
+CONFIG_DIR = config_dir()
 
 
 @dataclass
@@ -146,8 +159,8 @@ def _positive(value: Any) -> bool:
 # (config path, test, what is expected): checks Hydra's types cannot express.
 VALUE_CHECKS: list[tuple[str, Any, str]] = [
     ("trainer.batch_size", _positive, "a positive integer"),
-    ("trainer.max_steps", lambda v: v is None or v >= 0, "null or an integer >= 0"),
-    ("trainer.max_epochs", lambda v: v is None or v >= 0, "null or an integer >= 0"),
+    ("trainer.max_steps", lambda v: v is None or v > 0, "null or a positive integer"),
+    ("trainer.max_epochs", lambda v: v is None or v > 0, "null or a positive integer"),
     ("trainer.max_minutes", lambda v: v is None or v > 0, "null or a number > 0"),
     ("trainer.log_every", _positive, "a positive integer"),
     ("trainer.image_every", _positive, "a positive integer"),

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import hydra
+import hydra.utils
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -77,6 +78,11 @@ def _backend(device: str) -> str:
     return "nccl"
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun set it (0 without torchrun); valid before joining."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def start(config_dir: str, argv: list[str]) -> list[str]:
     """Under torchrun (before Hydra starts): join the process group and return the Hydra
     overrides that give every rank rank 0's run dir (ranks > 0 write no ``.hydra/``).
@@ -92,6 +98,11 @@ def start(config_dir: str, argv: list[str]) -> list[str]:
     if cfg.task != "train":
         raise UserError(f"torchrun is for task=train; run task={cfg.task} as one process "
                         f"(fix: ebmrun task={cfg.task} ...)")
+    objective = hydra.utils.get_object(cfg.model.objective._target_)
+    if objective.manual_optimization:  # refused before joining: no rank starts to train
+        raise UserError(f"model={cfg.model.name} ({objective.__name__}) steps its own "
+                        f"optimizers, which DDP training does not support (fix: train it as one "
+                        f"process: ebmrun ... without torchrun)")
     dist.init_process_group(backend=_backend(cfg.device.name))
     # ${now:...} and the random suffix resolve differently in every process: rank 0 decides.
     shared = [str(cfg.hydra.run.dir) if is_main() else None]

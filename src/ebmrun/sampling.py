@@ -44,7 +44,11 @@ def sample(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict:
             remaining -= n
             bar.update(n)
     samples = torch.cat(chunks)
+    # The steps the sampler ran (sample.steps, or the model's default when null): the length
+    # of its per-step traces; 0 when no sampler ran (e.g. a generator or decoder drew them).
+    steps = max((len(v) for v in traces.values() if v.dim() == 1), default=0)
     metrics = {"task": "sample", "model": cfg.model.name, "n": len(samples),
+               "sampler_steps": steps,
                "checkpoint": ckpt["path"] if ckpt else None,
                "checkpoint_step": ckpt["step"] if ckpt else 0,
                **{f"sampler/{k}": sum(v) / len(v) for k, v in stats.items()},

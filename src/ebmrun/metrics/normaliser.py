@@ -56,6 +56,7 @@ def histogram_density(points: Tensor, box: tuple[float, float], size: int,
     return counts / counts.sum()
 
 
+@torch.no_grad()  # metrics only: no graph (float() of a grad tensor warns on every eval)
 def grid_report(energy_fn: EnergyFn, test: Tensor, target_points: Tensor,
                 box: tuple[float, float], size: int, kl_bins: int = 50) -> dict[str, float]:
     """Exact likelihood metrics of a 2-D energy restricted to ``box``.

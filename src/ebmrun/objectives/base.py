@@ -80,6 +80,11 @@ class Objective(ABC):
     """Base class of training recipes. ``model`` is the ``nn.Module`` that is checkpointed."""
 
     manual_optimization = False
+    # The names (fnmatch patterns) of what ``training_step`` returns and what ``evaluate``
+    # reports: the pre-flight refuses a ``trainer.objective_metric`` the family never
+    # produces before any training (tests/test_preflight.py checks them against real runs).
+    train_metrics: tuple[str, ...] = ("loss",)
+    eval_metrics: tuple[str, ...] = ()
     # Whether ``generate`` draws new samples (sample-quality metrics apply) or, as for
     # sparse coding, only reconstructs given items.
     generates_new_samples = True

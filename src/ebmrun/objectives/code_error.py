@@ -28,6 +28,10 @@ from ebmrun.objectives.base import EvalReport
 
 # Iteration counts that also get a flat metric (the table holds every iteration).
 REPORTED = (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500, 1000, 2000)
+# The names code_error_report gives its metrics (patterns): sparse/*, <solver>/code_error_<k>,
+# and per encoder <name>/code_error_T<depth>, energy_gap_T<depth>, <solver>_iters_to_match_T<depth>.
+CODE_ERROR_METRICS = ("sparse/*", *(f"{name}/code_error_*" for name in SOLVERS), "*/code_error_T*",
+                      "*/energy_gap_T*", "*/*_iters_to_match_T*")
 # A named family of learned encoders: [(layers, signal rows (B, n) -> codes (B, m)), ...].
 Encoders = dict[str, Sequence[tuple[int, Callable[[Tensor], Tensor]]]]
 

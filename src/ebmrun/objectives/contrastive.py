@@ -149,6 +149,9 @@ class ContrastiveObjective(Objective):
         probe_train_items: labelled training items for the probe (null: all).
     """
 
+    train_metrics = ("loss", "positive_similarity", "negative_similarity", "top1")
+    eval_metrics = ("contrastive/*",)
+
     generates_new_samples = False  # generate shows augmented views, not new items
 
     def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,

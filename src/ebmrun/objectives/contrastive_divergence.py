@@ -31,6 +31,9 @@ class ContrastiveDivergence(Objective):
         sample_steps: default steps for fresh samples drawn from noise (visuals, task=sample).
     """
 
+    train_metrics = ("loss", "loss_cd", "loss_reg", "energy_data", "energy_sample",
+                     "energy_gap", "sampler/*")
+
     def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,
                  generator: torch.Generator, alpha: float = 0.1, data_noise_std: float = 0.005,
                  buffer_size: int = 8192, reinit_fraction: float = 0.05,

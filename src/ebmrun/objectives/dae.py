@@ -52,6 +52,9 @@ class DenoisingObjective(Objective):
             whose defaults suit deep EBMs, not auto-encoders).
     """
 
+    train_metrics = ("loss", "energy_clean", "energy_corrupted")
+    eval_metrics = ("dae/*",)
+
     def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,
                  generator: torch.Generator, corruption: str = "gaussian", sigma: float = 0.5,
                  rate: float = 0.3, levels: list[float] | None = None,

@@ -102,6 +102,9 @@ class EBGANObjective(Objective):
         n_fixed: how many fixed latents the sample film shows.
     """
 
+    train_metrics = ("loss", "loss_d", "loss_g", "energy_real", "energy_fake", "hinge_active",
+                     "pt")
+
     manual_optimization = True
 
     def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,

@@ -24,7 +24,7 @@ from ebmrun.errors import UserError
 from ebmrun.models.lista import LISTA
 from ebmrun.models.sparse_coding import atom_images
 from ebmrun.objectives.base import DataInfo, EvalReport, Objective, OptimSettings, make_optimizer
-from ebmrun.objectives.code_error import code_error_report
+from ebmrun.objectives.code_error import CODE_ERROR_METRICS, code_error_report
 from ebmrun.objectives.sparse_coding import (check_solver, dictionary_step, infer,
                                              init_atoms_from_data, interleave_rows,
                                              training_signals)
@@ -69,6 +69,9 @@ class LISTAObjective(Objective):
         patches_per_image: random patches per image (with ``model.net.patch_size``).
         eval_iters / optimal_iters: ``task=eval`` curves, as for ``model=sparse_coding``.
     """
+
+    train_metrics = ("loss", "dictionary/*", "code_error_T*", "target_nonzeros")
+    eval_metrics = CODE_ERROR_METRICS
 
     manual_optimization = True
     generates_new_samples = False

@@ -115,6 +115,8 @@ class NCE(DirectEnergyObjective):
         lr, betas, sample_steps: see :class:`DirectEnergyObjective`.
     """
 
+    train_metrics = ("loss", "accuracy", "energy_data", "energy_noise", "log_z_is")
+
     def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,
                  generator: torch.Generator, noise: str = "gaussian", noise_scale: float = 1.0,
                  noise_ratio: int = 4, lr: float | None = 1e-3,

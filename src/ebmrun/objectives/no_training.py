@@ -27,6 +27,8 @@ class NoTraining(Objective):
         sample_steps: default sampler steps for ``generate`` (pictures, ``task=sample``).
     """
 
+    train_metrics = ("loss", "energy_data")
+
     needs_checkpoint = False  # task=sample builds the model from the config instead
 
     def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,

@@ -50,6 +50,9 @@ class RBMObjective(Objective):
         sample_steps: Gibbs sweeps for fresh samples (pictures, ``task=sample``).
     """
 
+    train_metrics = ("loss", "free_energy_data", "free_energy_chains", "recon_bce")
+    eval_metrics = ("rbm/*",)
+
     def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,
                  generator: torch.Generator, persistent: bool = True,
                  binarize: str | None = None, init_visible_bias: bool = True,

@@ -173,6 +173,8 @@ class ScoreMatching(DirectEnergyObjective):
         lr, betas, sample_steps: see :class:`DirectEnergyObjective`.
     """
 
+    train_metrics = ("loss", "energy_data")
+
     def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,
                  generator: torch.Generator, method: str = "denoising",
                  sigmas: list[float] | None = None, projections: int = 1,

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ebmrun.models.sparse_coding import SparseCoding, atom_images
 from ebmrun.models.sparse_inference import SOLVERS, run
 from ebmrun.objectives.base import DataInfo, EvalReport, Objective, OptimSettings, make_optimizer
-from ebmrun.objectives.code_error import code_error_report
+from ebmrun.objectives.code_error import CODE_ERROR_METRICS, code_error_report
 from ebmrun.samplers.base import SampleResult, Sampler
 
 
@@ -105,6 +105,10 @@ class SparseCodingObjective(Objective):
         eval_iters: ``task=eval``: ISTA/FISTA curves for 1 … eval_iters iterations.
         optimal_iters: FISTA iterations for the reference optimal codes z*.
     """
+
+    train_metrics = ("loss", "atoms_used", "energy", "lipschitz", "nonzeros", "recon_error",
+                     "recon_mse")
+    eval_metrics = CODE_ERROR_METRICS
 
     manual_optimization = True
     generates_new_samples = False

@@ -54,6 +54,9 @@ class VAEObjective(Objective):
         refine_weight: weight of F in that energy.
     """
 
+    train_metrics = ("loss", "kl", "neg_elbo", "recon")
+    eval_metrics = ("vae/*",)
+
     def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,
                  generator: torch.Generator, beta: float = 1.0, binarize: str | None = None,
                  lr: float | None = 1e-3, betas: list[float] | None = None, fused: bool = True,
