@@ -129,8 +129,8 @@ def test_training_teaches_the_chain_to_recover(data_root: Path) -> None:
     def level0_ratio() -> float:
         x = data.to_float(data.test[:256])
         sch = parts.model.schedule
-        y_pos = sch.a[1] * (sch.a_cum[0] * x)
-        x_next = y_pos + sch.sigma[1] * torch.randn(x.shape, generator=gen)
+        y_pos = sch.y_scale[1] * (sch.a_cum[0] * x)
+        x_next = sch.a[1] * (sch.a_cum[0] * x) + sch.sigma[1] * torch.randn(x.shape, generator=gen)
         t = torch.zeros(len(x), dtype=torch.long)
         y, _ = parts.objective.recover(x_next, t, steps=10, generator=gen)
         return float((y - y_pos).pow(2).sum() / (x_next - y_pos).pow(2).sum())

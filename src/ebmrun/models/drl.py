@@ -44,7 +44,11 @@ class DiffusionSchedule(nn.Module):
     """The noise levels as buffers (saved in checkpoints, moved with ``.to``).
 
     ``a``, ``sigma``: ``(T+1,)`` one-step coefficients (see :func:`paper_schedule`);
-    ``sigma_cum``: ``(T+1,)`` std of x_i given the data (x_i = ā_i·data + sigma_cum[i]·ε).
+    ``sigma_cum``: ``(T+1,)`` std of x_i given the data (x_i = ā_i·data + sigma_cum[i]·ε);
+    ``y_scale``: ``(T+1,)`` the scale of the network's input y = y_scale[t+1]·x_t: a[t+1],
+    except 1 at the last level, whose "conditional" is the marginal of x_{T-1} itself
+    (x_T is pure noise; scaling by a[T] ≈ 0.02 would ask the chain for a spread far below
+    its own noise).
     """
 
     def __init__(self, levels: int, beta_start: float, beta_end: float) -> None:
@@ -56,6 +60,9 @@ class DiffusionSchedule(nn.Module):
         a_cum = torch.cumprod(a.double(), 0)
         self.register_buffer("a_cum", a_cum.float())
         self.register_buffer("sigma_cum", (1.0 - a_cum * a_cum).sqrt().float())
+        y_scale = a.clone()
+        y_scale[-1] = 1.0
+        self.register_buffer("y_scale", y_scale)
 
 
 class LevelConditionedEnergy(nn.Module):
@@ -118,7 +125,7 @@ class LevelConditionedEnergy(nn.Module):
         return self.schedule.levels
 
     def score(self, y: Tensor, t: Tensor) -> Tensor:
-        """f_θ(y, t) ``(B,)`` for scaled items ``y`` ``(B, *item_shape)`` (y = a[t+1]·x_t,
+        """f_θ(y, t) ``(B,)`` for scaled items ``y`` ``(B, *item_shape)`` (y = y_scale[t+1]·x_t,
         see :mod:`ebmrun.objectives.recovery_likelihood`) and levels ``t`` ``(B,)`` (long)."""
         h = y
         for layer, bias in zip(self.layers, self.level_bias):
@@ -129,9 +136,9 @@ class LevelConditionedEnergy(nn.Module):
 
     def energy(self, x: Tensor, t: int = 0) -> Tensor:
         """Energy ``(B,)`` of items ``x`` ``(B, *item_shape)`` at level ``t`` (default 0:
-        the data level): −f_θ(a[t+1]·x, t)."""
+        the data level): −f_θ(y_scale[t+1]·x, t)."""
         levels = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        return -self.score(x * self.schedule.a[t + 1], levels)
+        return -self.score(x * self.schedule.y_scale[t + 1], levels)
 
     def forward(self, y: Tensor, t: Tensor) -> Tensor:
         return self.score(y, t)

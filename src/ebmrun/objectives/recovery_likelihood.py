@@ -14,7 +14,8 @@ Loss (maximum recovery likelihood, one random level per item):
 y⁺ = a_{t+1}·x_t from the data, y⁻ from the conditional chain. As in the paper, the
 network output is divided by the chain's step size s_t² = b²·c_t²·σ_{t+1}² (c_t² =
 σ̄_t / σ̄_0, σ̄ the marginal noise std), so one Langevin step moves y by ½∇f_θ whatever the
-level; and the last level (x_T ≈ pure noise) drops the Gaussian coupling.
+level; and the last level (x_T ≈ pure noise) drops the Gaussian coupling and learns the
+marginal of y = x_{T-1} itself (chains start at x_T ~ N(0, I)).
 
 The chain is the configured sampler run on an ordinary energy function of z = y / s_t:
 whitening each item by its own step scale turns the per-level step s_t²/2 into one
@@ -88,7 +89,7 @@ class RecoveryLikelihood(Objective):
     def recover(self, x_next: Tensor, t: Tensor, *, steps: int | None,
                 generator: torch.Generator | None) -> tuple[Tensor, SampleResult]:
         """Sample y ~ p(y | x_{t+1}) from chains started at ``x_next`` ``(B, ...)``; returns
-        y ``(B, ...)`` (x_t = y / a[t+1]) and the sampler's result (in z units)."""
+        y ``(B, ...)`` (x_t = y / y_scale[t+1]) and the sampler's result (in z units)."""
         s = self.step_scale(t)
         s_item = s.view((-1,) + (1,) * (x_next.dim() - 1))
         result = self.sampler.sample(self.conditional_energy(x_next, t, s), x_next / s_item,
@@ -101,8 +102,8 @@ class RecoveryLikelihood(Objective):
         t = torch.randint(sch.levels, (batch,), device=x.device, generator=self.generator)
         noise = torch.randn((2, *x.shape), device=x.device, generator=self.generator)
         x_t = sch.a_cum[t].view(view) * x + sch.sigma_cum[t].view(view) * noise[0]
-        y_pos = sch.a[t + 1].view(view) * x_t
-        x_next = y_pos + sch.sigma[t + 1].view(view) * noise[1]
+        x_next = sch.a[t + 1].view(view) * x_t + sch.sigma[t + 1].view(view) * noise[1]
+        y_pos = sch.y_scale[t + 1].view(view) * x_t
         y_neg, chains = self.recover(x_next, t, steps=None, generator=self.generator)
 
         scores = self.model.score(torch.cat([y_pos, y_neg]), torch.cat([t, t]))
@@ -136,7 +137,7 @@ class RecoveryLikelihood(Objective):
         for level in reversed(range(sch.levels)):
             t = torch.full((n,), level, dtype=torch.long, device=device)
             y, result = self.recover(x, t, steps=steps, generator=generator)
-            x = y / sch.a[level + 1]
+            x = y / sch.y_scale[level + 1]
             for key, trace in traces.items():
                 trace.append(result.stats[key])
             if snapshot_every > 0:
