@@ -171,15 +171,14 @@ def main() -> None:
 
     result = {"floor": round(floor, 3), "multiple": args.multiple, "target_fd": round(target, 2),
               "clock": args.clock, "threads": args.threads, "n": args.n, "ours_overrides": args.ours}
+    # Built first: a config mistake shows now, not after the reference's long run.
+    ours_run = Ours(args.ours + [f"seed={args.seed}", f"device.threads={args.threads}"])
     if not args.skip_reference:
         result["reference"] = race("reference", Reference(root, args.seed),
                                    args.reference_minutes, args.eval_every, clock, target, score,
                                    args.n, args.out, stop_at_target=False)
-    torch.manual_seed(args.seed)
-    ours = race("ours", Ours(args.ours + [f"seed={args.seed}", "device.threads="
-                                          f"{args.threads}"]),
-                args.minutes, args.eval_every, clock, target, score, args.n, args.out,
-                stop_at_target=True)  # the target is far below the reference's final FD
+    ours = race("ours", ours_run, args.minutes, args.eval_every, clock, target, score, args.n,
+                args.out, stop_at_target=True)  # the target is far below the reference's FD
     result["ours"] = ours
     if "reference" in result:
         ref_fd = result["reference"]["final_fd"]
