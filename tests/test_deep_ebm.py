@@ -136,3 +136,19 @@ def test_compile_is_validated_and_only_used_on_cuda() -> None:
     x = torch.rand(3, 1, 28, 28)
     assert torch.equal(compiled.energy(x), eager.energy(x))
     assert compiled._compiled_energy is None  # CPU: eager, nothing compiled
+
+
+def test_shortrun_experiment_samples_with_its_training_chain() -> None:
+    """experiment=deep_ebm_shortrun_mnist: no buffer, every chain from noise, and the
+    sampling chain is the training chain (sample_steps follows sampler.steps)."""
+    cfg = compose_config(["experiment=deep_ebm_shortrun_mnist", "device=cpu", "sampler.steps=3"])
+    assert cfg.model.objective.buffer_size == 0 and cfg.model.objective.sample_steps == 3
+    box = (-1.0, 1.0)
+    parts = build_components(cfg, DataInfo((1, 28, 28), box, box))
+    objective = parts.objective
+    assert not objective.persistent and objective.reinit_fraction == 1.0
+    before = objective.buffer.data.clone()
+    out = objective.training_step(torch.rand(8, 1, 28, 28) * 2 - 1)
+    assert torch.isfinite(out["loss"]) and torch.equal(objective.buffer.data, before)
+    pictures = objective.visuals(torch.Generator().manual_seed(0))
+    assert "buffer" not in pictures and pictures["samples_from_noise"].shape == (64, 1, 28, 28)

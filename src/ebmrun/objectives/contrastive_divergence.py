@@ -111,12 +111,15 @@ class ContrastiveDivergence(Objective):
     def visuals(self, generator: torch.Generator) -> dict[str, Tensor]:
         if not self.data.is_image:
             return self._visuals_2d(generator)
-        slots = torch.randperm(len(self.buffer.data), generator=torch.Generator().manual_seed(0))
         fresh = self.generate(64, generator=generator, snapshot_every=max(self.sample_steps // 8, 1))
         # Chain film: one row per snapshot, 8 chains side by side.
         chain = torch.stack([snap[:8] for snap in fresh.chain]).flatten(0, 1)
-        return {"buffer": self.buffer.data[slots[:64].to(self.buffer.data.device)],
-                "samples_from_noise": fresh.x, "langevin_chain": chain}
+        pictures = {"samples_from_noise": fresh.x, "langevin_chain": chain}
+        if self.persistent:  # short-run chains (buffer_size 0) keep no buffer to show
+            slots = torch.randperm(len(self.buffer.data),
+                                   generator=torch.Generator().manual_seed(0))
+            pictures["buffer"] = self.buffer.data[slots[:64].to(self.buffer.data.device)]
+        return pictures
 
     def _visuals_2d(self, generator: torch.Generator) -> dict[str, Tensor]:
         """Left to right: data histogram, learned exp(−E), samples from noise, buffer."""
