@@ -45,6 +45,9 @@ class RecoveryLikelihood(Objective):
             ``None``: the sampler's steps, i.e. the training chain.
     """
 
+    train_metrics = ("loss", "score_pos", "score_neg", "recovery_error_ratio",
+                     "sampler/grad_norm")
+
     def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,
                  generator: torch.Generator, b_square: float = 2e-4,
                  sample_steps: int | None = None) -> None:
