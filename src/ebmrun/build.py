@@ -20,6 +20,7 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from ebmrun import seeds
 from ebmrun.checkpoint import load_model_state
 from ebmrun.config import check_values
 from ebmrun.data.base import BatchIterator, InMemoryData
@@ -155,13 +156,13 @@ class Components:
 def build_components(cfg: DictConfig, data_info: DataInfo) -> Components:
     """Device, model, sampler and objective; the model is initialised from ``cfg.seed``."""
     device = resolve_device(OmegaConf.to_object(cfg.device))
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seeds.MODEL_INIT.seed(cfg.seed))
     model = instantiate(cfg.model.net, "model.net", item_shape=list(data_info.item_shape))
     model = model.to(device)
     node, box_from_data = sampler_node(cfg)
     sampler = instantiate(node, "sampler", **({"box": list(data_info.box)} if box_from_data else {}))
     # Under DDP each rank samples its own negatives / replay buffer: seeds differ by rank.
-    generator = torch.Generator(device=device).manual_seed(rank_seed(cfg.seed + 1))
+    generator = torch.Generator(device=device).manual_seed(rank_seed(seeds.SAMPLER.seed(cfg.seed)))
     objective = instantiate(cfg.model.objective, "model.objective", model=model,
                             sampler=sampler, data=data_info, generator=generator)
     return Components(device, model, sampler, objective, generator)
@@ -178,7 +179,7 @@ def build_trained(cfg: DictConfig, ckpt: dict | None,
         info = DataInfo(**{k: tuple(v) for k, v in ckpt["data_info"].items()})
     parts = build_components(cfg, info)
     if ckpt is not None:
-        load_model_state(parts.model, ckpt)
+        load_model_state(parts.model, ckpt, ema=True)
     return parts, info
 
 
@@ -200,4 +201,4 @@ def optim_settings(cfg: DictConfig) -> OptimSettings:
 
 
 def make_batches(cfg: DictConfig, data: InMemoryData) -> BatchIterator:
-    return BatchIterator(len(data.train), cfg.trainer.batch_size, seed=cfg.seed + 2)
+    return BatchIterator(len(data.train), cfg.trainer.batch_size, seed=seeds.DATA_ORDER.seed(cfg.seed))

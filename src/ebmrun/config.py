@@ -32,14 +32,14 @@ class DivergenceConfig:
 class TrainerConfig:
     """Training budget and the intervals of logging, pictures and checkpoints (in steps)."""
 
-    max_steps: Optional[int] = 1000
+    max_steps: Optional[int] = 2000
     max_epochs: Optional[int] = None
     max_minutes: Optional[float] = None  # wall-clock budget (not reproducible across machines)
     batch_size: int = 128
     log_every: int = 10
     image_every: int = 250
     ckpt_every: int = 250
-    grad_clip: Optional[float] = 0.1
+    grad_clip: Optional[float] = "${model.grad_clip}"  # type: ignore[assignment]  # the family's
     objective_metric: str = "loss"
     progress: bool = True
     on_divergence: str = "stop"              # stop | rollback
@@ -48,13 +48,19 @@ class TrainerConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimizer (``adam`` | ``adamw`` | ``sgd``) and a per-epoch exponential lr decay."""
+    """Optimizer (``adam`` | ``adamw`` | ``sgd``) and learning-rate schedule of every
+    parameter group (``model.optim.<group>`` replaces keys per group; see
+    :mod:`ebmrun.optimization`)."""
 
     name: str = "adam"
     lr: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.0, 0.999])
     weight_decay: float = 0.0
-    lr_decay: float = 1.0
+    schedule: str = "exponential"
+    lr_decay: float = 0.97
+    warmup: float = 0.05
+    warmup_start: float = 0.04
+    ema: Optional[float] = None
 
 
 @dataclass
@@ -109,11 +115,15 @@ class SweepConfig:
 
 @dataclass
 class ModelConfig:
-    """A model family: its network (``net``) and its training recipe (``objective``)."""
+    """A model family: its network (``net``), its training recipe (``objective``), the
+    family's default of ``trainer.grad_clip`` and per-parameter-group overrides of
+    ``optim.*`` / ``grad_clip`` (``optim: {<group>: {schedule: warmup_cosine, ...}}``)."""
 
     name: str = MISSING
     net: Any = MISSING
     objective: Any = MISSING
+    grad_clip: Optional[float] = 0.1  # families that clip nothing set null in their yaml
+    optim: Any = None
 
 
 @dataclass
@@ -159,6 +169,9 @@ VALUE_CHECKS: list[tuple[str, Any, str]] = [
     ("trainer.divergence.max_rollbacks", lambda v: v >= 0, "an integer >= 0"),
     ("optim.lr", _positive, "a number > 0"),
     ("optim.lr_decay", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("optim.warmup", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optim.warmup_start", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("optim.ema", lambda v: v is None or 0 < v < 1, "null or in (0, 1)"),
     ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
     ("optim.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
     ("sample.n", _positive, "a positive integer"),

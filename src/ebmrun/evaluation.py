@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from ebmrun import seeds
 from ebmrun.build import build_trained, load_data
 from ebmrun.checkpoint import atomic_write_bytes, atomic_write_json
 from ebmrun.config import EvalConfig
@@ -60,7 +61,7 @@ def evaluate_model(cfg: DictConfig, objective: Objective, data: InMemoryData,
                    device: torch.device) -> EvalReport:
     """All metrics of ``objective``'s model that fit ``data``; see the module docstring."""
     settings = eval_settings(cfg)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed + 7)
+    generator = torch.Generator(device=device).manual_seed(seeds.EVALUATION.seed(cfg.seed))
     test_stored = data.test if settings.max_test is None else data.test[: settings.max_test]
     test = data.to_float(test_stored).to(device)
     model = objective.model
