@@ -114,7 +114,7 @@ def needs_checkpoint(cfg: DictConfig) -> bool:
     objective says so (fixed energies, e.g. ``model=analytic``), which then builds the model
     from the config. Call after :func:`validate_config` (the target must import)."""
     objective = hydra.utils.get_object(cfg.model.objective._target_)
-    return bool(getattr(objective, "needs_checkpoint", True))
+    return bool(objective.needs_checkpoint)
 
 
 def _chosen_output_dir(overrides: list[str], multirun: bool) -> Path:

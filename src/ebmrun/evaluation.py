@@ -70,7 +70,7 @@ def evaluate_model(cfg: DictConfig, objective: Objective, data: InMemoryData,
     try:
         report = EvalReport()
         report.update(objective.evaluate(test, settings, generator))
-        if objective.energy(test[:2]) is not None:
+        if objective.has_energy:
             report.update(_energy_metrics(cfg, objective, data, test, settings, generator))
         if (settings.sample_quality and objective.generates_new_samples and data.is_image
                 and data.name in RECIPES):

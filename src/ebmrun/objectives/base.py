@@ -105,8 +105,13 @@ class Objective(ABC):
     # only calls ``training_step`` (no clipping, schedules by epoch only, no DDP).
     manual_optimization = False
     needs_checkpoint = True
-    has_energy = True
+    has_energy = False  # True for every subclass that overrides :meth:`energy`
     uses_sampler = True
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "has_energy" not in vars(cls) and "energy" in vars(cls):
+            cls.has_energy = True
     # Whether ``generate`` draws new samples (sample-quality metrics apply) or, as for
     # sparse coding, only reconstructs given items.
     generates_new_samples = True

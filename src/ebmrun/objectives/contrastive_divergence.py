@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ebmrun.logging import plots2d
 from ebmrun.objectives.base import DataInfo, Objective
+from ebmrun.objectives.common import uniform_in_box
 from ebmrun.objectives.replay_buffer import ReplayBuffer
 from ebmrun.samplers.base import SampleResult, Sampler
 
@@ -88,10 +89,8 @@ class ContrastiveDivergence(Objective):
     @torch.no_grad()
     def noise(self, n: int, generator: torch.Generator) -> Tensor:
         """Uniform noise ``(n, *item_shape)`` in the sampling box."""
-        device = self.buffer.data.device
-        low, high = self.data.box
-        return torch.rand(n, *self.data.item_shape, device=device, generator=generator) \
-            .mul_(high - low).add_(low)
+        return uniform_in_box(n, self.data.item_shape, self.data.box, self.buffer.data.device,
+                              generator)
 
     def generate(self, n: int, *, steps: int | None = None, generator: torch.Generator,
                  snapshot_every: int = 0) -> SampleResult:

@@ -12,8 +12,6 @@ runner steps them.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -22,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ebmrun.objectives.base import DataInfo, Objective, OptimSettings, make_optimizer
+from ebmrun.objectives.common import eval_mode, interleave_rows, with_box
 from ebmrun.samplers.base import SampleResult, Sampler
 
 
@@ -69,18 +68,6 @@ PRIORS: dict[str, LatentPrior] = {
         draw=lambda n, d, dev, g: torch.rand(n, d, device=dev, generator=g) * 2 - 1,
         energy=lambda z: z.new_zeros(z.shape[0]), box=(-1.0, 1.0)),
 }
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Run pictures in eval mode (BatchNorm running stats, as ``task=sample`` sees them)
-    and leave the module in the mode it was in."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 class EBGANObjective(Objective):
@@ -226,7 +213,7 @@ class EBGANObjective(Objective):
             for name, images in (("real", self._last_real), ("fake", self._last_fake)):
                 if images is not None:
                     recon, _ = self.model.reconstruct(images[:32])
-                    out[f"reconstruction_{name}"] = _interleave_rows(images[:32], recon)
+                    out[f"reconstruction_{name}"] = interleave_rows(images[:32], recon)
         return out
 
     def histograms(self) -> dict[str, Tensor]:
@@ -237,23 +224,3 @@ class EBGANObjective(Objective):
 
     def load_state_dict(self, state: dict) -> None:
         self.fixed_z = state["fixed_z"].to(self.device)
-
-
-def with_box(sampler: Sampler, box: tuple[float, float] | None) -> Sampler:
-    """A shallow copy of ``sampler`` whose box constraint is ``box``, applied also to any
-    sampler it holds as an attribute (e.g. replica exchange's inner move)."""
-    clone = copy.copy(sampler)
-    clone.box = box
-    for name, value in vars(sampler).items():
-        if isinstance(value, Sampler):
-            setattr(clone, name, with_box(value, box))
-    return clone
-
-
-def _interleave_rows(inputs: Tensor, recon: Tensor, row: int = 8) -> Tensor:
-    """``(N, ...)`` inputs and reconstructions → ``(2N, ...)``: a row of 8 inputs, then
-    their 8 reconstructions, and so on (for an 8-wide grid)."""
-    n = inputs.shape[0] - inputs.shape[0] % row
-    pairs = torch.stack([inputs[:n].reshape(-1, row, *inputs.shape[1:]),
-                         recon[:n].reshape(-1, row, *inputs.shape[1:])], dim=1)
-    return pairs.flatten(0, 2)

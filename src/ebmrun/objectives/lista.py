@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Generator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ebmrun.checkpoint import load_checkpoint
@@ -25,24 +24,10 @@ from ebmrun.models.lista import LISTA
 from ebmrun.models.sparse_coding import atom_images
 from ebmrun.objectives.base import DataInfo, EvalReport, Objective, OptimSettings, make_optimizer
 from ebmrun.objectives.code_error import code_error_report
+from ebmrun.objectives.common import interleave_rows, random_shift
 from ebmrun.objectives.sparse_coding import (check_solver, dictionary_update, infer,
-                                             init_atoms_from_data, interleave_rows,
-                                             training_signals)
+                                             init_atoms_from_data, training_signals)
 from ebmrun.samplers.base import SampleResult, Sampler
-
-
-def random_shift(x: Tensor, shift: int, generator: torch.Generator, fill: float) -> Tensor:
-    """Images ``(B, C, H, W)``, each translated by its own random offset in
-    [−shift, shift]² (uncovered pixels set to ``fill``): same shape."""
-    b, c, h, w = x.shape
-    padded = F.pad(x, (shift, shift, shift, shift), value=fill)
-    di = torch.randint(0, 2 * shift + 1, (b, 1), generator=generator, device=x.device)
-    dj = torch.randint(0, 2 * shift + 1, (b, 1), generator=generator, device=x.device)
-    rows = (di + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
-    cols = (dj + torch.arange(w, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
-    batch = torch.arange(b, device=x.device)[:, None, None, None]
-    channel = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, channel, rows, cols]
 
 
 class LISTAObjective(Objective):

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ebmrun.logging import plots2d
 from ebmrun.objectives.base import DataInfo, Objective
+from ebmrun.objectives.common import uniform_in_box
 from ebmrun.samplers.base import SampleResult, Sampler
 
 
@@ -47,9 +48,7 @@ class NoTraining(Objective):
 
     def noise(self, n: int, generator: torch.Generator) -> Tensor:
         """Uniform starts ``(n, *item_shape)`` in the sampling box."""
-        low, high = self.data.box
-        return (torch.rand(n, *self.data.item_shape, device=self.device, generator=generator)
-                * (high - low) + low)
+        return uniform_in_box(n, self.data.item_shape, self.data.box, self.device, generator)
 
     def generate(self, n: int, *, steps: int | None = None, generator: torch.Generator,
                  snapshot_every: int = 0) -> SampleResult:

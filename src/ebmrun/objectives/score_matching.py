@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ebmrun.logging import plots2d
 from ebmrun.objectives.base import DataInfo, Objective, OptimSettings, make_optimizer
+from ebmrun.objectives.common import uniform_in_box
 from ebmrun.samplers.base import SampleResult, Sampler
 
 EnergyFn = Callable[[Tensor], Tensor]
@@ -132,9 +133,7 @@ class DirectEnergyObjective(Objective):
         """``n`` chains started uniformly in the box, ``steps`` (default ``sample_steps``)
         steps of the ``sampler`` group."""
         steps = self.sample_steps if steps is None else steps
-        low, high = self.data.box
-        x0 = torch.rand(n, *self.data.item_shape, device=self.device,
-                        generator=generator) * (high - low) + low
+        x0 = uniform_in_box(n, self.data.item_shape, self.data.box, self.device, generator)
         return self.sampler.sample(self.sampling_energy, x0, steps=steps, generator=generator,
                                    snapshot_every=snapshot_every)
 

@@ -21,6 +21,7 @@ from ebmrun.models.sparse_coding import SparseCoding, atom_images
 from ebmrun.models.sparse_inference import SOLVERS, run
 from ebmrun.objectives.base import DataInfo, EvalReport, Objective, OptimSettings, make_optimizer
 from ebmrun.objectives.code_error import code_error_report
+from ebmrun.objectives.common import interleave_rows
 from ebmrun.samplers.base import SampleResult, Sampler
 
 
@@ -82,15 +83,6 @@ def training_signals(coder: SparseCoding, x: Tensor, patches_per_image: int,
     if coder.patch_size is None:
         return coder.signals(x)
     return coder.random_patches(x, patches_per_image, generator)
-
-
-def interleave_rows(inputs: Tensor, recon: Tensor, row: int = 8) -> Tensor:
-    """``(N, ...)`` inputs and reconstructions → ``(2N', ...)``: 8 inputs, then their 8
-    reconstructions, and so on (for an 8-wide grid); N' = N rounded down to 8."""
-    n = inputs.shape[0] - inputs.shape[0] % row
-    pairs = torch.stack([inputs[:n].reshape(-1, row, *inputs.shape[1:]),
-                         recon[:n].reshape(-1, row, *inputs.shape[1:])], dim=1)
-    return pairs.flatten(0, 2)
 
 
 class SparseCodingObjective(Objective):

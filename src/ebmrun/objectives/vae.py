@@ -23,16 +23,11 @@ from torch import Tensor, nn
 
 from ebmrun.logging.run_logger import image_grid
 from ebmrun.objectives.base import DataInfo, EvalReport, Objective, OptimSettings, make_optimizer
-from ebmrun.objectives.ebgan import eval_mode, with_box
+from ebmrun.objectives.common import (BINARIZE_TEST_SEED, binarize, eval_mode, interleave_rows,
+                                      with_box)
 from ebmrun.samplers.base import SampleResult, Sampler
 
-BINARIZE_TEST_SEED = 20160601  # the fixed draw of the binarised test split
 IW_ROWS = 20_000  # decoder rows per importance-sampling chunk (items x samples): bounds memory
-
-
-def binarize(x: Tensor, generator: torch.Generator) -> Tensor:
-    """One Bernoulli draw per pixel with the grey value ``x`` in [0, 1] as probability."""
-    return torch.bernoulli(x, generator=generator)
 
 
 class VAEObjective(Objective):
@@ -193,16 +188,6 @@ class VAEObjective(Objective):
 
     def load_state_dict(self, state: dict) -> None:
         self.fixed_z = state["fixed_z"].to(self.device)
-
-
-def interleave_rows(inputs: Tensor, recon: Tensor, row: int = 8) -> Tensor:
-    """``(N, ...)`` inputs and reconstructions -> ``(2N', ...)`` (N' = N rounded down to a
-    multiple of ``row``): a row of inputs, then their reconstructions, and so on."""
-    row = max(1, min(row, inputs.shape[0]))
-    n = inputs.shape[0] - inputs.shape[0] % row
-    pairs = torch.stack([inputs[:n].reshape(-1, row, *inputs.shape[1:]),
-                         recon[:n].reshape(-1, row, *inputs.shape[1:])], dim=1)
-    return pairs.flatten(0, 2)
 
 
 def manifold_latents(side: int, device: torch.device) -> Tensor:
