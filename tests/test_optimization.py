@@ -11,12 +11,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ebmrun.build import build_components, build_trained
+from ebmrun.build import build_components, build_trained, optim_settings
 from ebmrun.checkpoint import load_checkpoint
 from ebmrun.cli import CONFIG_DIR
 from ebmrun.config import Config
 from ebmrun.errors import UserError
-from ebmrun.build import optim_settings
 from ebmrun.objectives.base import DataInfo
 from ebmrun.optimization import GroupSettings, Schedule, Updater, group_settings
 from ebmrun.run import train

@@ -110,7 +110,7 @@ class Objective(ABC):
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        if "has_energy" not in vars(cls) and "energy" in vars(cls):
+        if "has_energy" not in vars(cls) and cls.energy is not Objective.energy:
             cls.has_energy = True
     # Whether ``generate`` draws new samples (sample-quality metrics apply) or, as for
     # sparse coding, only reconstructs given items.

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ebmrun.samplers.base import Sampler
+from ebmrun.samplers.base import SampleResult, Sampler
 
 BINARIZE_TEST_SEED = 20160601  # the fixed draw of the binarised test split (VAE, RBM)
 
@@ -73,3 +73,31 @@ def random_shift(x: Tensor, shift: int, generator: torch.Generator, fill: float)
     batch = torch.arange(b, device=x.device)[:, None, None, None]
     channel = torch.arange(c, device=x.device)[None, :, None, None]
     return padded[batch, channel, rows, cols]
+
+
+class ChainsFromNoise:
+    """``generate`` and ``energy`` of families whose fresh samples are sampler chains on
+    the model's energy started uniformly in the data box (deep EBM, fixed energies, score
+    matching, NCE). Mixed in before :class:`Objective`; uses ``self.model``, ``self.data``,
+    ``self.sampler`` and ``self.sample_steps``."""
+
+    def noise(self, n: int, generator: torch.Generator) -> Tensor:
+        """Uniform starts ``(n, *item_shape)`` in the sampling box."""
+        device = next(self.model.parameters()).device
+        return uniform_in_box(n, self.data.item_shape, self.data.box, device, generator)
+
+    def sampling_energy(self, x: Tensor) -> Tensor:
+        """The energy the sampler sees ``(B,)`` (noise-conditional families override it)."""
+        return self.model.energy(x)
+
+    def generate(self, n: int, *, steps: int | None = None, generator: torch.Generator,
+                 snapshot_every: int = 0) -> SampleResult:
+        """``n`` chains from :meth:`noise`, ``steps`` (default ``sample_steps``) steps of
+        the ``sampler`` group."""
+        steps = self.sample_steps if steps is None else steps
+        return self.sampler.sample(self.sampling_energy, self.noise(n, generator), steps=steps,
+                                   generator=generator, snapshot_every=snapshot_every)
+
+    def energy(self, x: Tensor) -> Tensor:
+        """The model's energy ``(B,)``."""
+        return self.model.energy(x)

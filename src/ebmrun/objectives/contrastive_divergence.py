@@ -13,12 +13,12 @@ from torch import Tensor, nn
 
 from ebmrun.logging import plots2d
 from ebmrun.objectives.base import DataInfo, Objective
-from ebmrun.objectives.common import uniform_in_box
+from ebmrun.objectives.common import ChainsFromNoise
 from ebmrun.objectives.replay_buffer import ReplayBuffer
-from ebmrun.samplers.base import SampleResult, Sampler
+from ebmrun.samplers.base import Sampler
 
 
-class ContrastiveDivergence(Objective):
+class ContrastiveDivergence(ChainsFromNoise, Objective):
     """Persistent contrastive divergence (Du & Mordatch 2019; UvA tutorial 8 recipe).
 
     Args:
@@ -85,24 +85,6 @@ class ContrastiveDivergence(Objective):
             **{f"sampler/{k}": chains.stats[k] for k in ("acceptance_rate", "step_size")
                if k in chains.stats},
         }
-
-    @torch.no_grad()
-    def noise(self, n: int, generator: torch.Generator) -> Tensor:
-        """Uniform noise ``(n, *item_shape)`` in the sampling box."""
-        return uniform_in_box(n, self.data.item_shape, self.data.box, self.buffer.data.device,
-                              generator)
-
-    def generate(self, n: int, *, steps: int | None = None, generator: torch.Generator,
-                 snapshot_every: int = 0) -> SampleResult:
-        """Fresh samples: chains started from uniform noise, ``steps`` (default
-        ``sample_steps``) sampler steps."""
-        steps = self.sample_steps if steps is None else steps
-        return self.sampler.sample(self.model.energy, self.noise(n, generator), steps=steps,
-                                   generator=generator, snapshot_every=snapshot_every)
-
-    def energy(self, x: Tensor) -> Tensor:
-        """The learned energy ``(B,)``."""
-        return self.model.energy(x)
 
     def visuals(self, generator: torch.Generator) -> dict[str, Tensor]:
         if not self.data.is_image:

@@ -15,11 +15,11 @@ from torch import Tensor, nn
 
 from ebmrun.logging import plots2d
 from ebmrun.objectives.base import DataInfo, Objective
-from ebmrun.objectives.common import uniform_in_box
-from ebmrun.samplers.base import SampleResult, Sampler
+from ebmrun.objectives.common import ChainsFromNoise
+from ebmrun.samplers.base import Sampler
 
 
-class NoTraining(Objective):
+class NoTraining(ChainsFromNoise, Objective):
     """Samples a fixed energy; the loss is a constant zero.
 
     Args:
@@ -45,21 +45,6 @@ class NoTraining(Objective):
         # A leaf that requires grad: the runner's backward/optimizer step are no-ops.
         zero = torch.zeros((), device=x.device, requires_grad=True)
         return {"loss": zero, "energy_data": energy}
-
-    def noise(self, n: int, generator: torch.Generator) -> Tensor:
-        """Uniform starts ``(n, *item_shape)`` in the sampling box."""
-        return uniform_in_box(n, self.data.item_shape, self.data.box, self.device, generator)
-
-    def generate(self, n: int, *, steps: int | None = None, generator: torch.Generator,
-                 snapshot_every: int = 0) -> SampleResult:
-        """``n`` samples from chains started uniformly in the box."""
-        steps = self.sample_steps if steps is None else steps
-        return self.sampler.sample(self.model.energy, self.noise(n, generator), steps=steps,
-                                   generator=generator, snapshot_every=snapshot_every)
-
-    def energy(self, x: Tensor) -> Tensor:
-        """The fixed energy ``(B,)``."""
-        return self.model.energy(x)
 
     def visuals(self, generator: torch.Generator) -> dict[str, Tensor]:
         if self.data.is_image:

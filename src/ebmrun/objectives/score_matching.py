@@ -31,8 +31,8 @@ from torch import Tensor, nn
 
 from ebmrun.logging import plots2d
 from ebmrun.objectives.base import DataInfo, Objective, OptimSettings, make_optimizer
-from ebmrun.objectives.common import uniform_in_box
-from ebmrun.samplers.base import SampleResult, Sampler
+from ebmrun.objectives.common import ChainsFromNoise
+from ebmrun.samplers.base import Sampler
 
 EnergyFn = Callable[[Tensor], Tensor]
 
@@ -91,7 +91,7 @@ def gaussian(shape: Sequence[int], generator: torch.Generator, device: torch.dev
 PROJECTIONS = {"rademacher": rademacher, "gaussian": gaussian}
 
 
-class DirectEnergyObjective(Objective):
+class DirectEnergyObjective(ChainsFromNoise, Objective):
     """Shared plumbing of objectives that fit an energy without sampling it (score
     matching, NCE): Adam settings, fresh samples from the ``sampler`` group for pictures
     and ``task=sample``, the 2-D picture panel. Subclasses write ``training_step``.
@@ -123,23 +123,6 @@ class DirectEnergyObjective(Objective):
         """Keep recent real points (2-D data): the "data" panel of the pictures."""
         if not self.data.is_image:
             self._recent_data = torch.cat([x.detach(), self._recent_data])[: self.RECENT_POINTS]
-
-    def sampling_energy(self, x: Tensor, sigma: Tensor | None = None) -> Tensor:
-        """The energy the sampler sees ``(B,)`` (noise-conditional objectives override it)."""
-        return self.model.energy(x)
-
-    def generate(self, n: int, *, steps: int | None = None, generator: torch.Generator,
-                 snapshot_every: int = 0) -> SampleResult:
-        """``n`` chains started uniformly in the box, ``steps`` (default ``sample_steps``)
-        steps of the ``sampler`` group."""
-        steps = self.sample_steps if steps is None else steps
-        x0 = uniform_in_box(n, self.data.item_shape, self.data.box, self.device, generator)
-        return self.sampler.sample(self.sampling_energy, x0, steps=steps, generator=generator,
-                                   snapshot_every=snapshot_every)
-
-    def energy(self, x: Tensor) -> Tensor:
-        """The learned energy ``(B,)``."""
-        return self.model.energy(x)
 
     def visuals(self, generator: torch.Generator) -> dict[str, Tensor]:
         """Images: fresh samples. 2-D: data | exp(−E) | samples from noise."""
