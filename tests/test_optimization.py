@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ebmrun.build import build_components, build_trained, optim_settings
+from ebmrun.build import build_components, build_trained, optim_settings, validate_config
 from ebmrun.checkpoint import load_checkpoint
 from ebmrun.cli import CONFIG_DIR
 from ebmrun.config import Config
@@ -63,6 +63,10 @@ def test_per_group_settings_and_their_errors() -> None:
     bad = compose_config(["model=ebgan", "+model.optim.g.lr_dacay=0.5"])
     with pytest.raises(UserError, match="unknown key model.optim.g.lr_dacay"):
         group_settings(bad, "g")
+    with pytest.raises(UserError, match=r"model.optim.lista.warmup=2 is invalid: it must be in"):
+        group_settings(compose_config(["model=lista", "+model.optim.lista.warmup=2"]), "lista")
+    with pytest.raises(UserError, match="this model has no parameter group 'x'"):
+        validate_config(compose_config(["model=ebgan", "+model.optim.x.schedule=constant"]))
     with pytest.raises(UserError, match="warmup_cosine needs a step budget"):
         Schedule(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0),
                  GroupSettings(schedule="warmup_cosine"), math.inf)

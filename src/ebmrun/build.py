@@ -28,6 +28,7 @@ from ebmrun.device import resolve_device
 from ebmrun.distributed import rank_seed
 from ebmrun.errors import UserError
 from ebmrun.objectives.base import OPTIMIZERS, DataInfo, Objective, OptimSettings
+from ebmrun.optimization import check_groups
 from ebmrun.samplers.base import Sampler
 
 RESERVED = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
@@ -130,6 +131,8 @@ def validate_config(cfg: DictConfig) -> None:
     check_target_node(cfg.model.net, "model.net", ("item_shape",))
     check_target_node(cfg.model.objective, "model.objective",
                       ("model", "sampler", "data", "generator"))
+    objective_class = hydra.utils.get_object(cfg.model.objective._target_)
+    check_groups(cfg, getattr(objective_class, "groups", ("loss",)))
 
 
 def sampler_node(cfg: DictConfig) -> tuple[DictConfig, bool]:

@@ -149,6 +149,9 @@ def register_configs() -> None:
     cs.store(name="ebmrun_schema", node=Config)
 
 
+SCHEDULES = ("constant", "exponential", "warmup_cosine")  # see ebmrun.optimization.Schedule
+
+
 def _positive(value: Any) -> bool:
     return value is not None and value > 0
 
@@ -169,6 +172,7 @@ VALUE_CHECKS: list[tuple[str, Any, str]] = [
     ("trainer.divergence.max_rollbacks", lambda v: v >= 0, "an integer >= 0"),
     ("optim.lr", _positive, "a number > 0"),
     ("optim.lr_decay", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("optim.schedule", lambda v: v in SCHEDULES, " | ".join(SCHEDULES)),
     ("optim.warmup", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("optim.warmup_start", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("optim.ema", lambda v: v is None or 0 < v < 1, "null or in (0, 1)"),

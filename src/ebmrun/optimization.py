@@ -21,9 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from ebmrun import distributed as ddp
+from ebmrun.config import VALUE_CHECKS
 from ebmrun.errors import UserError
-
-SCHEDULES = ("constant", "exponential", "warmup_cosine")
 
 
 @dataclass(frozen=True)
@@ -49,20 +48,28 @@ def group_settings(cfg: DictConfig, group: str) -> GroupSettings:
         if key not in valid:
             raise UserError(f"unknown key model.optim.{group}.{key} (valid keys: "
                             f"{', '.join(sorted(valid))})")
-    settings = replace(base, **own)
-    if settings.schedule not in SCHEDULES:
-        raise UserError(f"schedule={settings.schedule} (group {group}) is invalid: choose "
-                        f"from {', '.join(SCHEDULES)} (fix: optim.schedule=<name>)")
-    return settings
+    # The same value checks as the global keys (config.VALUE_CHECKS).
+    checks = {path.rsplit(".", 1)[1]: (test, expected) for path, test, expected in VALUE_CHECKS
+              if path in ("trainer.grad_clip", *(f"optim.{k}" for k in valid))}
+    for key, value in own.items():
+        test, expected = checks[key]
+        if not test(value):
+            raise UserError(f"model.optim.{group}.{key}={value} is invalid: it must be "
+                            f"{expected} (fix: model.optim.{group}.{key}=<value>)")
+    return replace(base, **own)
 
 
 def check_groups(cfg: DictConfig, groups: Iterable[str]) -> None:
-    """Every ``model.optim.<group>`` names one of the objective's groups."""
+    """Every ``model.optim.<group>`` names one of the objective's ``groups``, with valid
+    keys and values (run before anything is built: the pre-flight checks)."""
+    groups = tuple(groups)
     node = OmegaConf.select(cfg, "model.optim") or {}
     unknown = sorted(set(node) - set(groups))
     if unknown:
         raise UserError(f"model.optim.{unknown[0]}: this model has no parameter group "
                         f"{unknown[0]!r} (groups: {', '.join(groups)})")
+    for group in groups:
+        group_settings(cfg, group)
 
 
 class Schedule:
