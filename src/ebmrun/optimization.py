@@ -125,6 +125,9 @@ class Schedule:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        if "updates" not in state:  # written before schedules were per group: ExponentialLR's
+            state = {"updates": 0, "first_step": None, "exponential": state,
+                     "base_lrs": list(state.get("base_lrs", self.base_lrs))}
         self.updates, self.first_step = int(state["updates"]), state["first_step"]
         self.base_lrs = list(state["base_lrs"])
         if self._exponential is not None:

@@ -21,6 +21,7 @@ from ebmrun.checkpoint import load_model_state
 from ebmrun.data.base import BatchIterator, InMemoryData
 from ebmrun.divergence import DivergenceGuard
 from ebmrun.ema import EMA
+from ebmrun.errors import UserError
 from ebmrun.objectives.base import DataInfo
 from ebmrun.optimization import Schedule
 
@@ -79,8 +80,14 @@ class RunState:
         parts = self.parts
         load_model_state(parts.model, ckpt)
         parts.objective.load_state_dict(ckpt["objective"])
-        for optimizer, state in zip(self.optimizers, ckpt["optimizers"], strict=True):
-            optimizer.load_state_dict(state)
+        try:
+            for optimizer, state in zip(self.optimizers, ckpt["optimizers"], strict=True):
+                optimizer.load_state_dict(state)
+        except ValueError as exc:  # another number or order of parameter groups
+            raise UserError(f"the checkpoint's optimizer state does not fit this model's "
+                            f"parameter groups ({' '.join(str(exc).split())[:120]}) (fix: "
+                            f"resume with the ebmrun version that wrote it, or start a new "
+                            f"run)") from None
         for schedule, state in zip(self.schedules, ckpt["schedulers"], strict=True):
             schedule.load_state_dict(state)
         if self.ema is not None:
