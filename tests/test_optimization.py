@@ -17,10 +17,16 @@ from ebmrun.cli import CONFIG_DIR
 from ebmrun.config import Config
 from ebmrun.errors import UserError
 from ebmrun.objectives.base import DataInfo
-from ebmrun.optimization import GroupSettings, Schedule, Updater, group_settings
+from ebmrun.optimization import Schedule, Updater, group_settings
 from ebmrun.run import train
 
 from conftest import compose_config
+
+
+def _settings(**changes):
+    """A parameter group's settings: the config defaults with ``changes``."""
+    defaults = group_settings(compose_config(["trainer.grad_clip=null"]), "loss")
+    return dataclasses.replace(defaults, **changes)
 
 MNIST = DataInfo((1, 28, 28), (-1.0, 1.0), (-1.0, 1.0))
 EBGAN = ["model=ebgan", "device=cpu", "model.net.arch=mlp", "model.net.mlp_gen_hidden=[32]",
@@ -69,13 +75,13 @@ def test_per_group_settings_and_their_errors() -> None:
         validate_config(compose_config(["model=ebgan", "+model.optim.x.schedule=constant"]))
     with pytest.raises(UserError, match="warmup_cosine needs a step budget"):
         Schedule(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0),
-                 GroupSettings(schedule="warmup_cosine"), math.inf)
+                 _settings(schedule="warmup_cosine"), math.inf)
 
 
 def test_warmup_cosine_schedule_counts_from_the_groups_first_update() -> None:
     param = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.SGD([param], lr=1.0)
-    schedule = Schedule(optimizer, GroupSettings(schedule="warmup_cosine"), total_steps=140)
+    schedule = Schedule(optimizer, _settings(schedule="warmup_cosine"), total_steps=140)
     lrs = []
     for step in range(41, 141):  # the group starts after 40 steps of something else
         schedule.before_update(step)
@@ -86,7 +92,7 @@ def test_warmup_cosine_schedule_counts_from_the_groups_first_update() -> None:
     assert all(a >= b for a, b in zip(lrs[warmup - 1:], lrs[warmup:]))
     assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
     state = schedule.state_dict()
-    again = Schedule(optimizer, GroupSettings(schedule="warmup_cosine"), total_steps=140)
+    again = Schedule(optimizer, _settings(schedule="warmup_cosine"), total_steps=140)
     again.load_state_dict(state)
     assert again.state_dict() == state
 

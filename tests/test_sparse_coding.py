@@ -4,6 +4,7 @@ must learn, and the CLI end to end (train -> eval table -> sample; LISTA from th
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -22,11 +23,18 @@ from ebmrun.models.sparse_inference import (fista, fista_iterates, ista, ista_it
 from ebmrun.objectives.base import DataInfo, OptimSettings
 from ebmrun.objectives.lista import LISTAObjective
 from ebmrun.objectives.sparse_coding import SparseCodingObjective
-from ebmrun.optimization import GroupSettings, Schedule, Updater
+from ebmrun.optimization import Schedule, Updater, group_settings
 from ebmrun.run import train
 from ebmrun.samplers.langevin import Langevin
 
 from conftest import compose_config, run_ok
+
+
+def _settings(**changes):
+    """A parameter group's settings: the config defaults with ``changes``."""
+    defaults = group_settings(compose_config(["trainer.grad_clip=null"]), "loss")
+    return dataclasses.replace(defaults, **changes)
+
 
 UNIT = DataInfo((1, 28, 28), (0.0, 1.0), (0.0, 1.0))
 ADAM = OptimSettings(name="adam", lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)
@@ -167,7 +175,7 @@ def _stepper(objective, cosine_steps: int | None = None):
     clipping; ``cosine_steps``: LISTA's warm-up + cosine over that many run steps."""
     optimizers = objective.configure_optimizers(ADAM)
     schedules = None if cosine_steps is None else [
-        Schedule(o, GroupSettings(schedule="warmup_cosine" if g == "lista" else "constant"),
+        Schedule(o, _settings(schedule="warmup_cosine" if g == "lista" else "constant"),
                  cosine_steps) for g, o in zip(objective.groups, optimizers, strict=True)]
     updater = Updater(objective, optimizers, [None] * len(optimizers), schedules)
     steps = iter(range(1, 10**9))

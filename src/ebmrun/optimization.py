@@ -27,13 +27,14 @@ from ebmrun.errors import UserError
 
 @dataclass(frozen=True)
 class GroupSettings:
-    """How one parameter group is stepped (see ``conf/config.yaml``, ``optim``)."""
+    """How one parameter group is stepped; the defaults live in ``conf/config.yaml``
+    (``trainer.grad_clip``, ``optim.*``)."""
 
-    grad_clip: float | None = None  # max gradient norm of the group (None: no clipping)
-    schedule: str = "exponential"   # constant | exponential | warmup_cosine
-    lr_decay: float = 1.0           # exponential: lr x lr_decay once per epoch
-    warmup: float = 0.05            # warmup_cosine: fraction of the group's updates
-    warmup_start: float = 0.04      # warmup_cosine: lr factor of the first update
+    grad_clip: float | None  # max gradient norm of the group (None: no clipping)
+    schedule: str            # constant | exponential | warmup_cosine
+    lr_decay: float          # exponential: lr x lr_decay once per epoch
+    warmup: float            # warmup_cosine: fraction of the group's updates
+    warmup_start: float      # warmup_cosine: lr factor of the first update
 
 
 def group_settings(cfg: DictConfig, group: str) -> GroupSettings:
