@@ -69,6 +69,8 @@ class RunLogger:
         self._layout: dict = {}
         self._references: dict[str, float] = {}
         self._session_open = False
+        # Tags held back while constant (tags.QUIET_IF_CONSTANT): tag -> [(step, value)].
+        self._held: dict[str, list[tuple[int, float]]] = {}
 
     # --- scalars -------------------------------------------------------------------------
     def scalars(self, values: Mapping[str, float | Tensor], step: int, prefix: str = "") -> None:
@@ -80,9 +82,24 @@ class RunLogger:
             clean = tag_scheme.with_gap({**self._references, **clean})
         for name, value in clean.items():
             tag = f"{prefix}{name}"
+            if tag_scheme.quiet_if_constant(tag) and self._hold(tag, step, value):
+                continue
             self.writer.add_scalar(tag, value, step)
             self.last_step[tag] = step
         self._update_layout(step)
+
+    def _hold(self, tag: str, step: int, value: float) -> bool:
+        """Keep back a constant-so-far value; on the first change write the held points and
+        go on logging ``tag`` normally. Returns whether ``value`` was held."""
+        held = self._held.get(tag)
+        if held is None and tag in self.last_step:  # it changed before: log as usual
+            return False
+        if held is None or held[0][1] == value:
+            self._held.setdefault(tag, []).append((step, value))
+            return True
+        for old_step, old_value in self._held.pop(tag):
+            self.writer.add_scalar(tag, old_value, old_step)
+        return False
 
     def reference_lines(self, values: Mapping[str, float]) -> None:
         """Constants drawn beside the training curves they bound (logged with every
@@ -110,6 +127,19 @@ class RunLogger:
         values = values.detach().float().cpu()
         if values.numel() and torch.isfinite(values).all():
             self.writer.add_histogram(tag_scheme.canonical(name), values, step)
+
+    def histograms(self, values: Mapping[str, Tensor], step: int) -> None:
+        """Each histogram (canonical names), plus ``energy/data_vs_samples``: the two energy
+        histograms overlaid on one axis, where their separation can be read."""
+        canonical = {tag_scheme.canonical(k): v for k, v in values.items()}
+        for name, tensor in canonical.items():
+            self.histogram(name, tensor, step)
+        pair = {k: canonical[f"energy/{k}"] for k in ("data", "samples")
+                if f"energy/{k}" in canonical}
+        if len(pair) == 2:
+            from ebmrun.logging.figures import energy_histograms
+
+            self.image("energy/data_vs_samples", energy_histograms(pair), step)
 
     def text(self, name: str, text: str, step: int = 0) -> None:
         # Markdown: indent by four spaces so YAML shows as a code block.

@@ -60,6 +60,15 @@ def with_gap(values: dict[str, float]) -> dict[str, float]:
     return values
 
 
+# Stats that are constant for some samplers (Langevin's acceptance rate is 1, its step size
+# fixed): the logger holds them back until they change, so no flat chart is shown.
+QUIET_IF_CONSTANT = (r"/sampler/acceptance_rate$", r"/sampler/step_size$")
+
+
+def quiet_if_constant(tag: str) -> bool:
+    return any(re.search(p, tag) for p in QUIET_IF_CONSTANT)
+
+
 @dataclass(frozen=True)
 class Chart:
     """One multi-line chart: every logged tag matching one of ``patterns`` is a line."""
@@ -100,12 +109,13 @@ CHARTS: dict[str, tuple[Chart, ...]] = {
 
 def layout(tags: Iterable[str]) -> dict[str, dict[str, list]]:
     """The custom-scalars layout (``SummaryWriter.add_custom_scalars`` format: category ->
-    chart title -> ["Multiline", patterns]) of the charts showing at least one of ``tags``."""
+    chart title -> ["Multiline", patterns]) of the charts each of whose patterns matches one
+    of ``tags`` (train vs eval appears once both are logged)."""
     tags = list(tags)
     out: dict[str, dict[str, list]] = {}
     for title, charts in CHARTS.items():
         shown = {c.title: ["Multiline", list(c.patterns)] for c in charts
-                 if any(re.search(p, t) for p in c.patterns for t in tags)}
+                 if all(any(re.search(p, t) for t in tags) for p in c.patterns)}
         if shown:
             out[title] = shown
     return out
