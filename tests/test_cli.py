@@ -91,5 +91,3 @@ def test_help_lists_groups(tmp_path: Path) -> None:
     assert result.returncode == 0
     for group in ("model:", "sampler:", "dataset:", "device:", "experiment:"):
         assert group in result.stdout
-
-

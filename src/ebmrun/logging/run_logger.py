@@ -67,8 +67,8 @@ class RunLogger:
                                     flush_secs=30)
         self.last_step: dict[str, int] = {}  # tag -> step of its last scalar
         self._layout: dict = {}
+        self._layout_tags = 0  # how many tags the current layout was built from
         self._references: dict[str, float] = {}
-        self._session_open = False
         # Tags held back while constant (tags.QUIET_IF_CONSTANT): tag -> [(step, value)].
         self._held: dict[str, list[tuple[int, float]]] = {}
 
@@ -109,6 +109,9 @@ class RunLogger:
     def _update_layout(self, step: int) -> None:
         """(Re)write the custom-scalars layout when a new chart applies. TensorBoard reads
         the layout's last point, so a later, larger layout replaces an earlier one."""
+        if len(self.last_step) == self._layout_tags:  # no new tag, no new chart
+            return
+        self._layout_tags = len(self.last_step)
         layout = tag_scheme.layout(self.last_step)
         if layout != self._layout:
             self.writer.file_writer.add_summary(custom_scalars(layout), step)
@@ -152,7 +155,6 @@ class RunLogger:
         run's hparams and scalars instead of taking one run's list."""
         _, start, _ = hparams_summaries({k: hparam_value(v) for k, v in hparams.items()}, {})
         self.writer.file_writer.add_summary(start)
-        self._session_open = True
 
     def final_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """End the HParams session with ``metrics`` (tag -> number; other values ignored).
@@ -174,7 +176,6 @@ class RunLogger:
         self.scalars(values, step)
         _, _, end = hparams_summaries({}, {})  # SessionEndInfo(STATUS_SUCCESS)
         self.writer.file_writer.add_summary(end, step)
-        self._session_open = False
 
     def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, Any]) -> None:
         """:meth:`start_session` + :meth:`final_metrics` (metrics named as ``final/<key>``
