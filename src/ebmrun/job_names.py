@@ -44,7 +44,8 @@ def swept_dirname(*, _root_: DictConfig) -> str:
     hydra = _root_.hydra
     fallback = hydra.job.override_dirname
     multirun = Path(hydra.sweep.dir) / "multirun.yaml"
-    if not multirun.is_file():
+    # A job dir named the old way (all overrides) is kept: sweep.resume still finds it.
+    if not multirun.is_file() or (Path(hydra.sweep.dir) / f"{hydra.job.num}_{fallback}").is_dir():
         return fallback
     sweep = OmegaConf.load(multirun).hydra
     params = OmegaConf.select(sweep, "sweeper.params") or {}
