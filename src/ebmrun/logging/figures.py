@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ebmrun.logging.plots2d import histogram_values
+
 Box = tuple[float, float]
 PANEL_INCHES = 3.4  # one 2-D panel: ~340 px at DPI, legible at 100 % zoom
 DPI = 100
@@ -92,11 +94,8 @@ def panels_2d(panels: Sequence[Panel], box: Box, *, bins: int = 96) -> Tensor:
     for ax, panel in zip(axes[0], panels, strict=True):
         if panel.values is not None:
             values = panel.values.detach().float().cpu().numpy()
-        elif panel.points is not None:
-            pts = _points(panel.points, len(panel.points))
-            hist, _, _ = np.histogram2d(pts[:, 0], pts[:, 1], bins=bins,
-                                        range=[[low, high], [low, high]])
-            values = np.flipud(hist.T) / max(hist.max(), 1e-12)
+        elif panel.points is not None:  # lightly blurred: a few thousand points read as a density
+            values = histogram_values(panel.points, box, res=bins).numpy()
         else:
             values = np.zeros((bins, bins))
         image = ax.imshow(values, extent=(low, high, low, high), cmap="viridis", vmin=0,
