@@ -10,6 +10,11 @@ every run (and every job of a sweep) side by side under its path.
   fills each run's cells with the last value of its own scalars. Final metrics are therefore
   the last points of the training curves; :meth:`final_metrics` adds the ones that have no
   curve (e.g. ``perf/wall_time_s``) at the last step, never at step 0.
+
+What the runner calls: ``start_session(run_hparams(cfg, sampler_used=...))`` once a run
+starts; ``scalars(outputs, step, prefix="train/")`` / ``("eval/")``; ``histograms`` with
+the objective's histograms; ``reference_lines`` for constants such as EBGAN's margin;
+``final_metrics({"perf/wall_time_s": ..., "perf/images_per_s": ...}, step)`` at the end.
 """
 
 from __future__ import annotations
