@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
 import subprocess
 import sys
@@ -126,7 +127,7 @@ def test_custom_scalars_layout_puts_data_and_sample_energies_together(server: st
     energy = next(p for title, p in charts.items() if title.startswith("E(data), E(samples)"))
     scalar_tags = _get(f"{server}/data/plugin/scalars/tags")
     for run in ("deep_ebm", "ebgan"):  # the same chart draws both families' energies
-        shown = {t for t in scalar_tags[run] for p in energy if __import__("re").search(p, t)}
+        shown = {t for t in scalar_tags[run] for p in energy if re.search(p, t)}
         assert shown == {"train/energy/data", "train/energy/samples"}, run
     assert any(title.startswith("gap E(samples)") for title in charts)
     assert "loss and its terms" in charts

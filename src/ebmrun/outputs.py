@@ -78,9 +78,14 @@ def write_samples(run_dir: Path, samples: Tensor, chain: list[Tensor], info: Dat
     logger = RunLogger(run_dir)
     for name, picture in pictures.items():
         logger.image(name, picture, 0)
-    logger.scalars({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, 0)
-    for name, trace in (traces or {}).items():
+    traces = traces or {}
+    for name, trace in traces.items():
         for t, value in enumerate(trace.tolist()):
             logger.writer.add_scalar(f"sampler/{name}", value, t + 1)
+    # The chains' summary at their last step, beside the traces (``n`` and the checkpoint's
+    # step are in metrics.json: not curves).
+    last = max((len(t) for t in traces.values()), default=0)
+    logger.scalars({k: v for k, v in metrics.items() if k.startswith("sampler/")
+                    and isinstance(v, (int, float))}, last)
     logger.close()
     atomic_write_json(metrics, run_dir / "metrics.json")
