@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TINY, compose_config, run_ok
 from ebmrun.build import validate_config
-from ebmrun.job_names import job_name, swept_keys
+from ebmrun.job_names import job_name, swept_dirname, swept_keys
 from ebmrun.logging import RunLogger, figures, tags
 from ebmrun.logging.hparams import run_hparams
 from ebmrun.run import train
@@ -202,6 +203,20 @@ def test_job_names_keep_only_the_swept_keys() -> None:
     assert job_name(["model=deep_ebm", "optim.lr=0.0001", "seed=1", "device=cpu"], keys) \
         == "optim.lr=0.0001,seed=1"
     assert job_name(["optim.lr=0.0001", "seed=1"], keys, exclude=["seed"]) == "optim.lr=0.0001"
+
+
+def test_swept_dirname_reads_the_sweep_and_keeps_old_job_dirs(tmp_path: Path) -> None:
+    OmegaConf.save({"hydra": {"overrides": {"task": ["model=ebgan", "seed=0,1"]}}},
+                   tmp_path / "multirun.yaml")
+    long = ",".join(f"trainer.k{i}={'x' * 20}" for i in range(20))  # > 255 bytes
+    job = {"num": 1, "override_dirname": f"model=ebgan,seed=1,{long}",
+           "config": {"override_dirname": {"exclude_keys": []}}}
+    root = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "job": job, "overrides": {
+        "task": ["model=ebgan", "seed=1", *long.split(",")]}}})
+    assert swept_dirname(_root_=root) == "seed=1"
+    (tmp_path / "1_model=ebgan,seed=1").mkdir()  # a sweep named the old way: resumable
+    root.hydra.job.override_dirname = "model=ebgan,seed=1"
+    assert swept_dirname(_root_=root) == "model=ebgan,seed=1"
 
 
 def test_figures_render_without_a_display() -> None:

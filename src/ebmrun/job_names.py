@@ -38,14 +38,22 @@ def job_name(job_overrides: Iterable[str], keys: set[str], exclude: Iterable[str
     return ",".join(o for o in job_overrides if _key(o) in keys and _key(o) not in skip)
 
 
+def _exists(job_dir: Path) -> bool:
+    """Whether a job dir named the old way (all overrides) is there: kept, so sweep.resume
+    still finds it. Such names can pass the file-name limit (255 bytes): then it is not."""
+    try:
+        return job_dir.is_dir()
+    except OSError:
+        return False
+
+
 def swept_dirname(*, _root_: DictConfig) -> str:
     """OmegaConf resolver ``${ebmrun_swept:}``: the job's swept overrides (the whole
     ``override_dirname`` when the sweep's ``multirun.yaml`` is not there to say which)."""
     hydra = _root_.hydra
     fallback = hydra.job.override_dirname
     multirun = Path(hydra.sweep.dir) / "multirun.yaml"
-    # A job dir named the old way (all overrides) is kept: sweep.resume still finds it.
-    if not multirun.is_file() or (Path(hydra.sweep.dir) / f"{hydra.job.num}_{fallback}").is_dir():
+    if not multirun.is_file() or _exists(Path(hydra.sweep.dir) / f"{hydra.job.num}_{fallback}"):
         return fallback
     sweep = OmegaConf.load(multirun).hydra
     params = OmegaConf.select(sweep, "sweeper.params") or {}
