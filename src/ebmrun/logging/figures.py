@@ -29,6 +29,9 @@ def _pyplot():
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    # TensorBoard shows pictures in ~300-500 px cards: text larger than matplotlib's default.
+    plt.rcParams.update({"font.size": 12, "legend.fontsize": 11, "axes.titlesize": 13})
+
     return plt
 
 
@@ -50,7 +53,7 @@ def _square_axes(ax, box: Box, title: str) -> None:
     ax.set_xlim(*box)
     ax.set_ylim(*box)
     ax.set_aspect("equal")
-    ax.set_title(title, fontsize=11)
+    ax.set_title(title)
     ax.set_xlabel("x₀")
     ax.set_ylabel("x₁")
 
@@ -67,7 +70,7 @@ def points_figure(samples: Tensor, box: Box, *, data: Tensor | None = None,
     ax.scatter(s[:, 0], s[:, 1], s=6, c="tab:red", alpha=0.7, linewidths=0,
                label=f"samples ({len(samples)})")
     _square_axes(ax, box, title)
-    ax.legend(loc="upper right", fontsize=9, markerscale=2)
+    ax.legend(loc="upper right", markerscale=2)
     return to_image(fig)
 
 
@@ -152,9 +155,9 @@ def chain_film(grid: Tensor, row_labels: Sequence[str], *, title: str = "samplin
               interpolation="nearest")
     rows = len(row_labels)
     ax.set_yticks([(i + 0.5) * height / max(rows, 1) for i in range(rows)], list(row_labels),
-                  fontsize=9)
+                  fontsize=11)
     ax.set_xticks([])
-    ax.set_title(title, fontsize=11)
+    ax.set_title(title)
     return to_image(fig)
 
 
@@ -186,7 +189,7 @@ def line_plot(series: Sequence[Series], *, log_x: bool = False, log_y: bool = Fa
     ax.set_ylabel(y_label)
     ax.grid(True, which="major", alpha=0.3)
     if series:
-        ax.legend(fontsize=9)
+        ax.legend()
     return to_image(fig)
 
 
@@ -195,7 +198,7 @@ def energy_histograms(energies: Mapping[str, Tensor], *, title: str = "energy", 
     """Overlaid histograms of energies ``name -> (B,)`` (e.g. data vs samples) on one axis:
     where the two separate, the model tells them apart."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=DPI, layout="constrained")
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=DPI, layout="constrained")
     values = {k: v.detach().float().cpu().flatten().numpy() for k, v in energies.items()}
     values = {k: v[np.isfinite(v)] for k, v in values.items() if np.isfinite(v).any()}
     if values:
@@ -204,7 +207,7 @@ def energy_histograms(energies: Mapping[str, Tensor], *, title: str = "energy", 
         edges = np.linspace(low, high if high > low else low + 1, bins + 1)
         for name, v in values.items():
             ax.hist(v, bins=edges, alpha=0.55, label=f"{name} (mean {v.mean():.3g})")
-        ax.legend(fontsize=9)
+        ax.legend()
     ax.set_xlabel(title)
     ax.set_ylabel("count")
     return to_image(fig)
