@@ -104,7 +104,7 @@ def _energy_metrics(cfg: DictConfig, objective: Objective, data: InMemoryData, t
         density_map = plots2d.density_values(objective.energy, data.box,
                                              item_shape=data.item_shape, device=test.device)
         report.figures["density"] = figures.panels_2d(
-            [figures.Panel("learned density exp(-E) with test points", values=density_map,
+            [figures.Panel("exp(-E) and test points", values=density_map,
                            overlay=test)], data.box)
     return report
 
