@@ -147,6 +147,9 @@ def register_configs() -> None:
     """Register the schemas; ``conf/config.yaml`` lists ``ebmrun_schema`` first in defaults."""
     cs = ConfigStore.instance()
     cs.store(name="ebmrun_schema", node=Config)
+    from ebmrun.job_names import register_resolver
+
+    register_resolver()  # ${ebmrun_swept:} in hydra.sweep.subdir
 
 
 SCHEDULES = ("constant", "exponential", "warmup_cosine")  # see ebmrun.optimization.Schedule

@@ -28,7 +28,7 @@ from ebmrun.checkpoint import atomic_write_bytes, atomic_write_json
 from ebmrun.config import EvalConfig
 from ebmrun.data.base import InMemoryData
 from ebmrun.errors import UserError
-from ebmrun.logging import RunLogger, plots2d
+from ebmrun.logging import RunLogger, figures, plots2d
 from ebmrun.metrics.evaluator import RECIPES, get_evaluator
 from ebmrun.metrics.inception import inception_fid
 from ebmrun.metrics.normaliser import grid_report
@@ -102,8 +102,11 @@ def _energy_metrics(cfg: DictConfig, objective: Objective, data: InMemoryData, t
         points = torch.cat([data.train, data.test]).to(test.device)
         density = grid_report(objective.energy, test, points, data.box, settings.grid_size)
         report.metrics.update({f"density/{k}": v for k, v in density.items()})
-        report.figures["density"] = plots2d.density_image(
-            objective.energy, data.box, item_shape=data.item_shape, device=test.device)
+        density_map = plots2d.density_values(objective.energy, data.box,
+                                             item_shape=data.item_shape, device=test.device)
+        report.figures["density"] = figures.panels_2d(
+            [figures.Panel("exp(-E) and test points", values=density_map,
+                           overlay=test)], data.box)
     return report
 
 
@@ -152,7 +155,7 @@ def log_report(report: EvalReport, logger: RunLogger, step: int) -> None:
     """Scalars under ``eval/`` and the figures as images, at training step ``step``."""
     logger.scalars(report.metrics, step, prefix="eval/")
     for name, figure in report.figures.items():
-        logger.writer.add_image(f"eval/{name}", figure, step)
+        logger.image(f"eval/{name}", figure, step)
     logger.flush()
 
 
