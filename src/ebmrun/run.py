@@ -25,6 +25,7 @@ from ebmrun.checkpoint import atomic_write_bytes, atomic_write_json
 from ebmrun.divergence import DivergenceGuard
 from ebmrun.ema import EMA, maybe_applied
 from ebmrun.errors import UserError
+from ebmrun.logging.hparams import run_hparams
 from ebmrun.optimization import Schedule, Updater, check_groups, group_settings
 from ebmrun.outputs import write_sample_files
 from ebmrun.progress import phase
@@ -111,7 +112,7 @@ def prepare(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None
     batches = make_batches(cfg, data)
     total = total_steps(cfg, batches.batches_per_epoch)
     run = RunState(cfg=cfg, run_dir=run_dir, data=data, info=info, parts=parts,
-                   optimizers=optimizers,
+                   optimizers=optimizers, groups=groups,
                    schedules=[Schedule(o, s, total) for o, s in zip(optimizers, settings)],
                    batches=batches, guard=divergence_guard(cfg),
                    ema=EMA(parts.model, cfg.optim.ema) if cfg.optim.ema else None,
@@ -126,7 +127,9 @@ def prepare(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None
     # writes the run dir.)
     if ddp.is_main():
         atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
-    run.logger = ddp.run_logger(run_dir, purge_step=run.step if resume_ckpt else None)
+    run.open_logger(purge_step=run.step if resume_ckpt else None)
+    # This run's HParams row; a resumed run opens it again (same settings), its end closes it.
+    run.logger.start_session(run_hparams(cfg, sampler_used=objective.uses_sampler))
     if resume_ckpt is None:
         run.logger.text("config", OmegaConf.to_yaml(cfg))
     else:
@@ -147,7 +150,8 @@ def _check_resume(cfg: DictConfig, run: RunState, run_dir: Path) -> None:
 
 
 def finish(run: RunState, wall: float, images_seen: int) -> dict:
-    """The run's metrics; on rank 0 also its final samples, hparams and metrics.json."""
+    """The run's metrics; on rank 0 also its final samples, the end of its HParams session
+    and metrics.json."""
     cfg = run.cfg
     metrics = {"task": "train", "model": cfg.model.name, "dataset": run.data.name,
                "steps": run.step, "epochs": run.step / run.batches.batches_per_epoch,
@@ -169,8 +173,12 @@ def finish(run: RunState, wall: float, images_seen: int) -> dict:
         raise UserError(f"trainer.objective_metric={metric_name} is not among this run's "
                         f"metrics (choose from: {', '.join(numeric)})")
     metrics["objective"] = {"name": metric_name, "value": metrics[metric_name]}
-    run.logger.hparams(_hparams(cfg), {f"final/{k}": v for k, v in run.scalars.items()}
-                       | {f"final/eval/{k}": v for k, v in run.last_eval.items()})
+    # The curves' last points are the HParams cells; the training and eval values are passed
+    # too, for a resumed run whose last step was logged (and purged) by the killed process.
+    run.logger.final_metrics({"perf/wall_time_s": metrics["wall_time_s"],
+                              "perf/images_per_s": metrics["images_per_s"]}
+                             | {f"final/{k}": v for k, v in run.scalars.items()}
+                             | {f"final/eval/{k}": v for k, v in run.last_eval.items()}, run.step)
     run.logger.close()
     atomic_write_json(metrics, run.run_dir / "metrics.json")
     return metrics
@@ -183,12 +191,17 @@ def _final_samples(run: RunState, n: int = 100) -> None:
     objective, info = run.parts.objective, run.info
     generator = torch.Generator(device=objective.generator.device).manual_seed(
         seeds.FINAL_SAMPLES.seed(run.cfg.seed))
+    every = 32 if info.is_image else 1
     with phase(f"final samples ({run.cfg.model.name})", n, enabled=run.cfg.trainer.progress):
-        result = objective.generate(n, generator=generator,
-                                    snapshot_every=32 if info.is_image else 1)
-    pictures = write_sample_files(run.run_dir, result.x.float().cpu(), result.chain, info)
+        result = objective.generate(n, generator=generator, snapshot_every=every)
+    # The sampler's step count labels the film's last row: the length of its per-step traces.
+    steps = next((len(v) for v in result.stats.values() if torch.is_tensor(v) and v.ndim == 1),
+                 None)
+    data = None if info.is_image else run.data.train[:5000].float()  # drawn behind 2-D samples
+    pictures = write_sample_files(run.run_dir, result.x.float().cpu(), result.chain, info,
+                                  data=data, snapshot_every=every, steps=steps)
     for name, picture in pictures.items():
-        run.logger.writer.add_image(f"final/{name}", picture, run.step)
+        run.logger.image(f"final/{name}", picture, run.step)
 
 
 def training_step(objective, optimizers: list[torch.optim.Optimizer], x: torch.Tensor,
@@ -204,10 +217,3 @@ def divergence_guard(cfg: DictConfig) -> DivergenceGuard:
                            max_abs_energy=settings.max_abs_energy,
                            lr_factor=settings.lr_factor, max_rollbacks=settings.max_rollbacks)
 
-
-def _hparams(cfg: DictConfig) -> dict:
-    """A few headline settings for TensorBoard's HParams tab."""
-    return {"model": cfg.model.name, "dataset": str(cfg.dataset.get("name", "")),
-            "seed": cfg.seed, "lr": cfg.optim.lr, "batch_size": cfg.trainer.batch_size,
-            "sampler": str(cfg.sampler.get("_target_", "")).rsplit(".", 1)[-1],
-            "sampler_steps": int(cfg.sampler.get("steps", 0) or 0)}

@@ -40,6 +40,7 @@ class RunState:
     batches: BatchIterator
     guard: DivergenceGuard
     ema: EMA | None
+    groups: tuple[str, ...] = ()        # the objective's parameter groups (optimizers' order)
     logger: object = None               # RunLogger on rank 0 (a silent stand-in elsewhere)
     step: int = 0
     epoch: int = 0                      # the data order's epoch (per-epoch schedules)
@@ -55,6 +56,12 @@ class RunState:
     def elapsed(self) -> float:
         """Seconds of training so far, earlier runs of a resumed run included."""
         return self.elapsed_before + time.perf_counter() - self.t_start
+
+    def open_logger(self, purge_step: int | None = None) -> None:
+        """(Re)open the run's logger (``purge_step``: drop events from that step on) with the
+        objective's reference lines (e.g. EBGAN's margin beside its energies)."""
+        self.logger = ddp.run_logger(self.run_dir, purge_step=purge_step)
+        self.logger.reference_lines(self.parts.objective.reference_lines())
 
     def payload(self) -> dict:
         """The checkpoint (see :mod:`ebmrun.run` for the keys)."""

@@ -41,7 +41,7 @@ class DivergenceCallback(Callback):
         for schedule in run.schedules:
             schedule.scale(guard.lr_factor)
         run.logger.close()  # reopen: drop the events logged after the good checkpoint
-        run.logger = ddp.run_logger(run.run_dir, purge_step=run.step)
+        run.open_logger(purge_step=run.step)
         run.logger.scalars({"divergence/rollbacks": guard.rollbacks}, run.step)
         run.logger.text("divergence", f"step {failed_step}: {reason}; rolled back to step "
                         f"{run.step}, learning rates x{guard.lr_factor}", run.step)

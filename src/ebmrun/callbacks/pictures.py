@@ -30,6 +30,5 @@ class Pictures(Callback):
             visuals = run.parts.objective.visuals(generator)
         for name, images in visuals.items():
             logger.images(f"images/{name}", images, run.step, value_range)
-        for name, values in run.parts.objective.histograms().items():
-            logger.histogram(name, values, run.step)
+        logger.histograms(run.parts.objective.histograms(), run.step)
         logger.flush()

@@ -10,8 +10,9 @@ from ebmrun.callbacks.base import Callback, RunState
 
 
 class ScalarLogger(Callback):
-    """``train/<name>`` averages and ``lr/<group index>`` every ``log_every`` steps (and
-    after the last); the averages become ``run.scalars`` (checkpoints, metrics.json)."""
+    """``train/<name>`` averages and ``lr/<group>`` every ``log_every`` steps (and after
+    the last); the averages become ``run.scalars`` (checkpoints, metrics.json). The one
+    group of single-loss families (``loss``) is the whole model: ``lr/model``."""
 
     def __init__(self, every: int) -> None:
         self.every = every
@@ -25,8 +26,10 @@ class ScalarLogger(Callback):
             run.scalars = {k: sum(v) / len(v) for k, v in self.window.items()}
             self.window.clear()
             run.logger.scalars(run.scalars, run.step, prefix="train/")
-            run.logger.scalars({f"lr/{i}": o.param_groups[0]["lr"]
-                                for i, o in enumerate(run.optimizers)}, run.step)
+            names = ("model",) if run.groups == ("loss",) else run.groups
+            run.logger.scalars({f"lr/{name}": o.param_groups[0]["lr"]
+                                for name, o in zip(names, run.optimizers, strict=True)},
+                               run.step)
 
     def on_rewind(self, run: RunState) -> None:
         self.window.clear()

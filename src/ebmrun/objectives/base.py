@@ -95,7 +95,8 @@ class Objective(ABC):
     Capabilities are declared here as class attributes, never probed:
     ``needs_checkpoint`` (``task=sample``/``eval`` need a trained checkpoint),
     ``has_energy`` (:meth:`energy` returns per-item energies), ``uses_sampler`` (training
-    or ``generate`` runs the configured sampler), ``generates_new_samples``.
+    or ``generate`` runs the configured sampler; an instance may set it from its settings,
+    e.g. EBGAN's ``latent_refine``), ``generates_new_samples``.
     """
 
     # Parameter groups in update order; :meth:`configure_optimizers` returns one optimizer
@@ -158,6 +159,11 @@ class Objective(ABC):
 
     def histograms(self) -> dict[str, Tensor]:
         """1-D tensors to log as histograms (e.g. energies of the last batch)."""
+        return {}
+
+    def reference_lines(self) -> dict[str, float]:
+        """Constants drawn beside the training curves they bound (tag -> value), e.g.
+        EBGAN's margin next to D(fake)."""
         return {}
 
     def state_dict(self) -> dict:

@@ -116,6 +116,7 @@ class EBGANObjective(Objective):
         self.betas = {"g": betas_g, "d": betas_d}
         self.d_steps, self.g_steps = int(d_steps), int(g_steps)
         self.latent_refine, self.refine_weight = bool(latent_refine), float(refine_weight)
+        self.uses_sampler = self.latent_refine  # the sampler refines z in generate only
         self.device = next(model.parameters()).device
         # A fixed latent batch: the same z every picture, so the grids play as a film. It
         # is drawn from its own seeded stream and saved with the objective's state.
@@ -215,6 +216,9 @@ class EBGANObjective(Objective):
                     recon, _ = self.model.reconstruct(images[:32])
                     out[f"reconstruction_{name}"] = interleave_rows(images[:32], recon)
         return out
+
+    def reference_lines(self) -> dict[str, float]:
+        return {"energy/margin": self.margin}  # D(fake) >= m: the fake no longer pushes D
 
     def histograms(self) -> dict[str, Tensor]:
         return dict(self._last)

@@ -68,6 +68,7 @@ class VAEObjective(Objective):
         self.lr, self.betas, self.fused = lr, betas, bool(fused)
         self.energy_samples = int(energy_samples)
         self.latent_refine, self.refine_weight = bool(latent_refine), float(refine_weight)
+        self.uses_sampler = self.latent_refine  # the sampler refines z in generate only
         self.device = next(model.parameters()).device
         self.fixed_z = torch.randn(64, model.z_dim, device=self.device,
                                    generator=torch.Generator(device=self.device).manual_seed(0))
