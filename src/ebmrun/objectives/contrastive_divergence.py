@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ebmrun.logging import plots2d
+from ebmrun.logging import figures, plots2d
 from ebmrun.objectives.base import DataInfo, Objective
 from ebmrun.objectives.common import ChainsFromNoise
 from ebmrun.objectives.replay_buffer import ReplayBuffer
@@ -100,11 +100,12 @@ class ContrastiveDivergence(ChainsFromNoise, Objective):
         """Left to right: data histogram, learned exp(−E), samples from noise, buffer."""
         box, device = self.data.box, self.buffer.data.device
         fresh = self.generate(2000, generator=generator)
-        panel = plots2d.side_by_side([
-            plots2d.histogram_image(self._recent_data, box),
-            plots2d.density_image(self.model.energy, box, item_shape=self.data.item_shape,
-                                  device=device),
-            plots2d.histogram_image(fresh.x, box), plots2d.histogram_image(self.buffer.data, box)])
+        panel = figures.panels_2d([
+            figures.Panel("data", points=self._recent_data),
+            figures.Panel("exp(−E)", values=plots2d.density_values(
+                self.model.energy, box, item_shape=self.data.item_shape, device=device)),
+            figures.Panel("samples from noise", points=fresh.x),
+            figures.Panel("replay buffer", points=self.buffer.data)], box)
         return {"data_model_samples_buffer": plots2d.in_value_range(panel, self.data.value_range)}
 
     def histograms(self) -> dict[str, Tensor]:

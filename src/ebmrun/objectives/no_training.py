@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ebmrun.logging import plots2d
+from ebmrun.logging import figures, plots2d
 from ebmrun.objectives.base import DataInfo, Objective
 from ebmrun.objectives.common import ChainsFromNoise
 from ebmrun.samplers.base import Sampler
@@ -47,6 +47,7 @@ class NoTraining(ChainsFromNoise, Objective):
         return {"loss": zero, "energy_data": energy}
 
     def visuals(self, generator: torch.Generator) -> dict[str, Tensor]:
+        """Images: samples. 2-D: exp(−E/T) | samples, and the chain paths over exp(−E/T)."""
         if self.data.is_image:
             return {"samples": self.generate(64, generator=generator).x}
         box = self.data.box
@@ -54,8 +55,9 @@ class NoTraining(ChainsFromNoise, Objective):
                               snapshot_every=max(self.sample_steps // 100, 1))
         target = plots2d.density_values(self.model.energy, box, item_shape=self.data.item_shape,
                                         temperature=self.sampler.temperature, device=self.device)
-        panel = plots2d.side_by_side([
-            plots2d.colorize(target), plots2d.histogram_image(fresh.x, box),
-            plots2d.trajectory_image(fresh.chain, box, res=256, n_chains=4, background=target)])
-        # Left to right: exp(-E/T), samples, chain paths over the density.
-        return {"density_samples_paths": plots2d.in_value_range(panel, self.data.value_range)}
+        panel = figures.panels_2d([figures.Panel("exp(−E/T)", values=target),
+                                   figures.Panel("samples", points=fresh.x)], box)
+        paths = figures.trajectories_figure(fresh.chain, box, background=target, n_chains=4)
+        value_range = self.data.value_range
+        return {"density_samples": plots2d.in_value_range(panel, value_range),
+                "sampler_paths": plots2d.in_value_range(paths, value_range)}

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ebmrun.logging import plots2d
+from ebmrun.logging import figures, plots2d
 from ebmrun.objectives.base import DataInfo, Objective, OptimSettings, make_optimizer
 from ebmrun.objectives.common import ChainsFromNoise
 from ebmrun.samplers.base import Sampler
@@ -129,11 +129,12 @@ class DirectEnergyObjective(ChainsFromNoise, Objective):
         if self.data.is_image:
             return {"samples_from_noise": self.generate(64, generator=generator).x}
         box = self.data.box
-        panel = plots2d.side_by_side([
-            plots2d.histogram_image(self._recent_data, box),
-            plots2d.density_image(self.model.energy, box, item_shape=self.data.item_shape,
-                                  device=self.device),
-            plots2d.histogram_image(self.generate(2000, generator=generator).x, box)])
+        panel = figures.panels_2d([
+            figures.Panel("data", points=self._recent_data),
+            figures.Panel("exp(−E)", values=plots2d.density_values(
+                self.model.energy, box, item_shape=self.data.item_shape, device=self.device)),
+            figures.Panel("samples from noise",
+                          points=self.generate(2000, generator=generator).x)], box)
         return {"data_model_samples": plots2d.in_value_range(panel, self.data.value_range)}
 
     def histograms(self) -> dict[str, Tensor]:
