@@ -151,7 +151,11 @@ def test_learning_rates_by_network_and_run_performance(server: str) -> None:
     for run in ("deep_ebm", "ebgan"):
         points = _get(f"{server}/data/plugin/scalars/scalars?" + urllib.parse.urlencode(
             {"run": run, "tag": "perf/images_per_s"}))
-        assert len(points) == 1 and points[0][1] == 4 and points[0][2] > 0, run  # last step
+        assert [p[1] for p in points] == [2, 4] and points[-1][2] > 0, run  # window, run
+        grads = {t for t in scalar_tags[run] if t.startswith("grad/")}
+        # The deep EBM clips at 0.1 (its share is shown), EBGAN does not clip by default.
+        assert grads == ({"grad/norm/d", "grad/norm/g"} if run == "ebgan"
+                         else {"grad/norm/model", "grad/clipped/model"}), run
     images = _get(f"{server}/data/plugin/images/tags")["deep_ebm"]
     assert "energy/data_vs_samples" in images
 

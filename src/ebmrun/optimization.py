@@ -135,6 +135,13 @@ class Schedule:
             self._exponential.load_state_dict(state["exponential"])
 
 
+def group_tags(groups: Iterable[str]) -> tuple[str, ...]:
+    """The groups' names in TensorBoard tags (``lr/<name>``, ``grad/norm/<name>``): the one
+    group of single-loss families (``loss``) is the whole model, ``model``."""
+    groups = tuple(groups)
+    return ("model",) if groups == ("loss",) else groups
+
+
 class Updater:
     """Drives one training step of an objective: its losses in, updated weights out.
 
@@ -161,6 +168,9 @@ class Updater:
         # Several groups run outside DDP's forward: their gradients are averaged here.
         self.sync = ddp.world_size() > 1 and len(groups) > 1
         self.step = 0
+        # Each group's gradient norm before clipping at its last update (0-dim tensors, read
+        # by the diagnostics callback; clipping computes it anyway).
+        self.grad_norms: dict[int, Tensor] = {}
 
     def __call__(self, x: Tensor, step: int = 0) -> dict[str, Tensor]:
         """One training step on batch ``x``, run step number ``step`` (1-based; it places
@@ -200,10 +210,13 @@ class Updater:
             loss.backward()
         if self.sync:
             ddp.average_gradients(params)
+        # One group (as ever): the model's parameters; several: the group's own.
+        clipped = params if several else list(self.objective.model.parameters())
         if self.clips[i]:
-            # One group (as ever): the model's parameters; several: the group's own.
-            torch.nn.utils.clip_grad_norm_(
-                params if several else self.objective.model.parameters(), self.clips[i])
+            self.grad_norms[i] = torch.nn.utils.clip_grad_norm_(clipped, self.clips[i])
+        else:
+            self.grad_norms[i] = torch.nn.utils.get_total_norm(
+                [p.grad for p in clipped if p.grad is not None])
         if self.schedules is not None:
             self.schedules[i].before_update(self.step)
         optimizer.step()

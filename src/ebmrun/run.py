@@ -123,6 +123,7 @@ def prepare(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None
     forward = ddp.step_function(objective, batches.batch_size)  # DDP under torchrun
     updater = Updater(objective, optimizers, [s.grad_clip for s in settings], run.schedules,
                       forward, run.ema)
+    run.updater = updater
     # Written only now: a refused resume leaves the run dir as it was. (DDP: rank 0 alone
     # writes the run dir.)
     if ddp.is_main():

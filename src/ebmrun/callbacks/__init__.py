@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 from ebmrun.callbacks.base import Callback, RunState
 from ebmrun.callbacks.budget import TimeBudget
 from ebmrun.callbacks.checkpointing import Checkpointer
+from ebmrun.callbacks.diagnostics import Diagnostics
 from ebmrun.callbacks.guard import DivergenceCallback
 from ebmrun.callbacks.periodic_eval import PeriodicEval
 from ebmrun.callbacks.pictures import Pictures
@@ -24,6 +25,7 @@ def default_callbacks(cfg: DictConfig, rewind: Callable[[RunState], None]) -> li
     after the scalars it stores."""
     trainer = cfg.trainer
     return [DivergenceCallback(rewind), TimeBudget(trainer.max_minutes),
-            ScalarLogger(trainer.log_every), Pictures(trainer.image_every),
-            PeriodicEval(cfg.eval.every), Checkpointer(trainer.ckpt_every),
+            ScalarLogger(trainer.log_every), Diagnostics(trainer.log_every),
+            Pictures(trainer.image_every), PeriodicEval(cfg.eval.every),
+            Checkpointer(trainer.ckpt_every),
             Progress(trainer.progress, trainer.max_minutes, trainer.log_every)]

@@ -23,7 +23,7 @@ from ebmrun.divergence import DivergenceGuard
 from ebmrun.ema import EMA
 from ebmrun.errors import UserError
 from ebmrun.objectives.base import DataInfo
-from ebmrun.optimization import Schedule
+from ebmrun.optimization import Schedule, Updater
 
 
 @dataclass
@@ -42,6 +42,7 @@ class RunState:
     ema: EMA | None
     groups: tuple[str, ...] = ()        # the objective's parameter groups (optimizers' order)
     logger: object = None               # RunLogger on rank 0 (a silent stand-in elsewhere)
+    updater: Updater | None = None      # its grad norms and clips (diagnostics)
     step: int = 0
     epoch: int = 0                      # the data order's epoch (per-epoch schedules)
     total: float = 0.0                  # the step budget (inf: only the wall clock limits)

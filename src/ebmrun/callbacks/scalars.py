@@ -7,6 +7,7 @@ from collections import defaultdict
 import torch
 
 from ebmrun.callbacks.base import Callback, RunState
+from ebmrun.optimization import group_tags
 
 
 class ScalarLogger(Callback):
@@ -26,9 +27,8 @@ class ScalarLogger(Callback):
             run.scalars = {k: sum(v) / len(v) for k, v in self.window.items()}
             self.window.clear()
             run.logger.scalars(run.scalars, run.step, prefix="train/")
-            names = ("model",) if run.groups == ("loss",) else run.groups
-            run.logger.scalars({f"lr/{name}": o.param_groups[0]["lr"]
-                                for name, o in zip(names, run.optimizers, strict=True)},
+            run.logger.scalars({f"lr/{name}": o.param_groups[0]["lr"] for name, o
+                                in zip(group_tags(run.groups), run.optimizers, strict=True)},
                                run.step)
 
     def on_rewind(self, run: RunState) -> None:
