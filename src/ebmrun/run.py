@@ -217,4 +217,3 @@ def divergence_guard(cfg: DictConfig) -> DivergenceGuard:
     return DivergenceGuard(policy=cfg.trainer.on_divergence,
                            max_abs_energy=settings.max_abs_energy,
                            lr_factor=settings.lr_factor, max_rollbacks=settings.max_rollbacks)
-
