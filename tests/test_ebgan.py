@@ -135,8 +135,8 @@ def test_tiny_training_run_logs_everything(tmp_path: Path, data_root: Path) -> N
     images = set(events.Tags()["images"])
     assert {"images/samples_fixed_z", "images/reconstruction_real",
             "images/reconstruction_fake"} <= images
-    assert {"train/energy_real", "train/energy_fake", "train/hinge_active",
-            "train/pt"} <= set(events.Tags()["scalars"])
+    assert {"train/energy/data", "train/energy/samples", "train/energy/hinge_active",
+            "train/loss/pulling_away"} <= set(events.Tags()["scalars"])
 
 
 def _objective(refine: bool, prior: str = "normal") -> EBGANObjective:

@@ -16,6 +16,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from ebmrun.run import training_step
 from ebmrun.build import build_components, data_info_of, load_data, optim_settings
 from ebmrun.checkpoint import atomic_write_bytes
 from ebmrun.cli import CONFIG_DIR, main
@@ -123,8 +124,8 @@ def test_declared_training_metrics_cover_what_training_logs(family: str) -> None
                           "sampler.steps=2"])
     data = load_data(cfg)
     parts = build_components(cfg, data_info_of(data))
-    parts.objective.configure_optimizers(optim_settings(cfg))
-    logged = parts.objective.training_step(data.to_float(data.train[:8]))
+    optimizers = parts.objective.configure_optimizers(optim_settings(cfg))
+    logged = training_step(parts.objective, optimizers, data.to_float(data.train[:8]), None)
     declared = train_metrics(cfg, None)
     assert "loss" in logged and all(produced(k, declared) for k in logged), (sorted(logged),
                                                                             declared)

@@ -147,7 +147,7 @@ def test_divergence_rolls_back_with_a_smaller_learning_rate(tmp_path: Path) -> N
     events = EventAccumulator(str(run_dir))
     events.Reload()
     assert events.Scalars("divergence/rollbacks")[-1].value >= 1
-    assert max(e.value for e in events.Scalars("train/energy_data")) < 1e3
+    assert max(e.value for e in events.Scalars("train/energy/data")) < 1e3
 
 
 def test_rollback_gives_up_after_max_rollbacks(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ must learn, and the CLI end to end (train -> eval table -> sample; LISTA from th
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -22,10 +23,18 @@ from ebmrun.models.sparse_inference import (fista, fista_iterates, ista, ista_it
 from ebmrun.objectives.base import DataInfo, OptimSettings
 from ebmrun.objectives.lista import LISTAObjective
 from ebmrun.objectives.sparse_coding import SparseCodingObjective
+from ebmrun.optimization import Schedule, Updater, group_settings
 from ebmrun.run import train
 from ebmrun.samplers.langevin import Langevin
 
 from conftest import compose_config, run_ok
+
+
+def _settings(**changes):
+    """A parameter group's settings: the config defaults with ``changes``."""
+    defaults = group_settings(compose_config(["trainer.grad_clip=null"]), "loss")
+    return dataclasses.replace(defaults, **changes)
+
 
 UNIT = DataInfo((1, 28, 28), (0.0, 1.0), (0.0, 1.0))
 ADAM = OptimSettings(name="adam", lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)
@@ -161,23 +170,34 @@ def test_patches_tile_the_image_and_round_trip() -> None:
 
 # ---- dictionary learning -----------------------------------------------------------------
 
-def _objective(n_atoms: int = 64, lam: float = 0.5, **kwargs) -> SparseCodingObjective:
+def _stepper(objective, cosine_steps: int | None = None):
+    """The runner's update of ``objective`` (objectives only compute losses): Adam, no
+    clipping; ``cosine_steps``: LISTA's warm-up + cosine over that many run steps."""
+    optimizers = objective.configure_optimizers(ADAM)
+    schedules = None if cosine_steps is None else [
+        Schedule(o, _settings(schedule="warmup_cosine" if g == "lista" else "constant"),
+                 cosine_steps) for g, o in zip(objective.groups, optimizers, strict=True)]
+    updater = Updater(objective, optimizers, [None] * len(optimizers), schedules)
+    steps = iter(range(1, 10**9))
+    return lambda x: updater(x, next(steps))
+
+
+def _objective(n_atoms: int = 64, lam: float = 0.5, **kwargs):
     torch.manual_seed(0)
     model = SparseCoding([1, 28, 28], n_atoms=n_atoms, lam=lam, n_examples=16)
     objective = SparseCodingObjective(model, Langevin(), UNIT, torch.Generator().manual_seed(0),
                                       **kwargs)
-    objective.configure_optimizers(ADAM)
-    return objective
+    return objective, _stepper(objective)
 
 
 def test_atoms_keep_unit_norm_and_dictionary_learning_lowers_energy(data_root: Path) -> None:
-    objective = _objective(iters=30, lr=3e-3)
+    objective, train_step = _objective(iters=30, lr=3e-3)
     held_out = mnist_batch(data_root, 128, test=True)
     model = objective.model
-    objective.training_step(mnist_batch(data_root, 64))  # initialises atoms from data
+    train_step(mnist_batch(data_root, 64))  # initialises atoms from data
     before = objective.energy(held_out).mean()
     for step in range(1, 40):
-        out = objective.training_step(mnist_batch(data_root, 64, offset=64 * step))
+        out = train_step(mnist_batch(data_root, 64, offset=64 * step))
         torch.testing.assert_close(model.weight.norm(dim=0), torch.ones(64))
     after = objective.energy(held_out).mean()
     assert after < 0.9 * before, (before, after)
@@ -186,9 +206,9 @@ def test_atoms_keep_unit_norm_and_dictionary_learning_lowers_energy(data_root: P
 
 
 def test_generate_reconstructs_examples_and_visuals(data_root: Path) -> None:
-    objective = _objective(iters=20)
+    objective, train_step = _objective(iters=20)
     x = mnist_batch(data_root, 32)
-    objective.training_step(x)
+    train_step(x)
     result = objective.generate(20, steps=8, generator=torch.Generator(), snapshot_every=4)
     assert result.x.shape == (20, 1, 28, 28) and 0 <= result.x.min() and result.x.max() <= 1
     torch.testing.assert_close(result.chain[0][:16], x[:16])  # input first, then recon
@@ -208,8 +228,7 @@ def test_patch_dictionary_trains_reconstructs_and_evaluates(data_root: Path) -> 
     objective = SparseCodingObjective(model, Langevin(), UNIT, torch.Generator().manual_seed(0),
                                       iters=20, patches_per_image=4, eval_iters=10,
                                       optimal_iters=100)
-    objective.configure_optimizers(ADAM)
-    out = objective.training_step(mnist_batch(data_root, 16))
+    out = _stepper(objective)(mnist_batch(data_root, 16))
     assert model.weight.shape == (64, 32) and out["nonzeros"] > 0
     x = mnist_batch(data_root, 4, test=True)
     assert objective.energy(x).shape == (4,)
@@ -239,10 +258,10 @@ def test_lista_training_beats_ista_with_as_many_iterations(data_root: Path) -> N
     model = LISTA([1, 28, 28], n_atoms=48, depths=[1, 3], lam=0.5, n_examples=8)
     objective = LISTAObjective(model, Langevin(), UNIT, torch.Generator().manual_seed(0),
                                dictionary_steps=25, dictionary_iters=30, target_iters=150,
-                               schedule_steps=85, shift=1, eval_iters=30, optimal_iters=300)
-    objective.configure_optimizers(ADAM)
+                               shift=1, eval_iters=30, optimal_iters=300)
+    train_step = _stepper(objective, cosine_steps=85)
     for step in range(85):
-        out = objective.training_step(mnist_batch(data_root, 64, offset=64 * step))
+        out = train_step(mnist_batch(data_root, 64, offset=64 * step))
         if step == 24:
             assert "dictionary/energy" in out and not bool(model.initialised)
     assert bool(model.initialised) and "code_error_T3" in out

@@ -1,4 +1,4 @@
-"""2-D pictures (pure torch), analytic models end to end, and the toy2d recipe."""
+"""2-D pictures, analytic models end to end, and the toy2d recipe."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ebmrun.build import build_components, validate_config
-from ebmrun.logging import plots2d
+from ebmrun.logging import figures, plots2d
 from ebmrun.logging.run_logger import image_grid
 from ebmrun.objectives.base import DataInfo
 from ebmrun.run import train
@@ -19,31 +19,29 @@ from conftest import TINY, compose_config, run_cli
 BOX = (-4.0, 4.0)
 
 
-def _brightest(image: torch.Tensor) -> tuple[int, int]:
-    """Row and column of the brightest pixel of a ``(3, H, W)`` viridis image."""
-    flat = image.sum(0).flatten().argmax()
-    return int(flat // image.shape[2]), int(flat % image.shape[2])
+def _brightest(values: torch.Tensor) -> tuple[int, int]:
+    """Row and column of the largest value of a ``(H, W)`` map."""
+    flat = values.flatten().argmax()
+    return int(flat // values.shape[1]), int(flat % values.shape[1])
 
 
-def test_colormap_ends_and_grid_orientation() -> None:
-    rgb = plots2d.colorize(torch.tensor([[0.0, 1.0]]))
-    assert rgb.shape == (3, 1, 2) and rgb.min() >= 0 and rgb.max() <= 1
-    assert rgb[:, 0, 1].sum() > rgb[:, 0, 0].sum()  # dense = bright
+def test_grid_orientation() -> None:
     points = plots2d.grid_points(BOX, 4)
     assert points[0].tolist() == [-3.0, 3.0] and points[-1].tolist() == [3.0, -3.0]
 
 
 def test_density_and_histogram_put_mass_where_it_is() -> None:
-    """A blob at (+3, +3) lands top right in both pictures; (−3, −3) bottom left."""
+    """A blob at (+3, +3) lands top right in both maps; (−3, −3) bottom left."""
     def energy(x: torch.Tensor) -> torch.Tensor:
         return 2 * (x - torch.tensor([3.0, 3.0])).pow(2).sum(1)
 
-    density = plots2d.density_image(energy, BOX, res=64)
+    density = plots2d.density_values(energy, BOX, res=64)
     row, col = _brightest(density)
-    assert density.shape == (3, 64, 64) and row < 16 and col > 48
+    assert density.shape == (64, 64) and row < 16 and col > 48
     points = torch.randn(500, 2) * 0.2 + torch.tensor([-3.0, -3.0])
-    row, col = _brightest(plots2d.histogram_image(points, BOX, res=64))
-    assert row > 48 and col < 16
+    histogram = plots2d.histogram_values(points, BOX, res=64)
+    row, col = _brightest(histogram)
+    assert row > 48 and col < 16 and float(histogram.max()) == 1.0
     # Items with more values than (x0, x1) are evaluated at (x0, x1, 0, ...).
     wide = plots2d.density_values(lambda x: energy(x.flatten(1)[:, :2]) + x.flatten(1)[:, 2:]
                                   .sum(1), BOX, res=8, item_shape=(1, 2, 2))
@@ -52,12 +50,11 @@ def test_density_and_histogram_put_mass_where_it_is() -> None:
 
 def test_trajectories_panels_and_value_range() -> None:
     chain = [torch.tensor([[-3.0, -3.0]]), torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 3.0]])]
-    paths = plots2d.trajectory_image(chain, BOX, res=32, background=torch.zeros(16, 16))
-    assert paths.shape == (3, 32, 32)
-    assert (paths[:, 14:18, 14:18] < 0.9).any(), "the path through the centre is drawn"
-    assert paths[:, 0, 16].tolist() == [1.0, 1.0, 1.0], "untouched pixels stay white"
-    panel = plots2d.side_by_side([paths, torch.zeros(3, 16, 16)], pad=2)
-    assert panel.shape == (3, 32, 66)
+    paths = figures.trajectories_figure(chain, BOX, background=torch.zeros(16, 16))
+    assert paths.shape[0] == 3 and paths.min() >= 0 and paths.max() <= 1
+    panel = figures.panels_2d([figures.Panel("a", values=torch.rand(16, 16)),
+                               figures.Panel("b", points=torch.randn(50, 2))], BOX)
+    assert panel.shape[2] > 1.8 * panel.shape[1]
     batch = plots2d.in_value_range(panel, (-4.5, 4.5))
     assert torch.allclose(image_grid(batch, (-4.5, 4.5), nrow=1), panel, atol=1e-6)
 

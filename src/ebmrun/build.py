@@ -21,6 +21,7 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from ebmrun import seeds
 from ebmrun.checkpoint import load_model_state
 from ebmrun.config import check_values
 from ebmrun.data.base import BatchIterator, InMemoryData
@@ -28,6 +29,7 @@ from ebmrun.device import resolve_device
 from ebmrun.distributed import rank_seed
 from ebmrun.errors import UserError
 from ebmrun.objectives.base import OPTIMIZERS, DataInfo, Objective, OptimSettings
+from ebmrun.optimization import check_groups
 from ebmrun.samplers.base import Sampler
 
 RESERVED = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
@@ -134,6 +136,8 @@ def validate_config(cfg: DictConfig) -> None:
     check_target_node(cfg.model.net, "model.net", ("item_shape",))
     check_target_node(cfg.model.objective, "model.objective",
                       ("model", "sampler", "data", "generator"))
+    objective_class = hydra.utils.get_object(cfg.model.objective._target_)
+    check_groups(cfg, getattr(objective_class, "groups", ("loss",)))
 
 
 def sampler_node(cfg: DictConfig) -> tuple[DictConfig, bool]:
@@ -160,13 +164,13 @@ class Components:
 def build_components(cfg: DictConfig, data_info: DataInfo) -> Components:
     """Device, model, sampler and objective; the model is initialised from ``cfg.seed``."""
     device = resolve_device(OmegaConf.to_object(cfg.device))
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seeds.MODEL_INIT.seed(cfg.seed))
     model = instantiate(cfg.model.net, "model.net", item_shape=list(data_info.item_shape))
     model = model.to(device)
     node, box_from_data = sampler_node(cfg)
     sampler = instantiate(node, "sampler", **({"box": list(data_info.box)} if box_from_data else {}))
     # Under DDP each rank samples its own negatives / replay buffer: seeds differ by rank.
-    generator = torch.Generator(device=device).manual_seed(rank_seed(cfg.seed + 1))
+    generator = torch.Generator(device=device).manual_seed(rank_seed(seeds.SAMPLER.seed(cfg.seed)))
     objective = instantiate(cfg.model.objective, "model.objective", model=model,
                             sampler=sampler, data=data_info, generator=generator)
     return Components(device, model, sampler, objective, generator)
@@ -183,7 +187,7 @@ def build_trained(cfg: DictConfig, ckpt: dict | None,
         info = DataInfo(**{k: tuple(v) for k, v in ckpt["data_info"].items()})
     parts = build_components(cfg, info)
     if ckpt is not None:
-        load_model_state(parts.model, ckpt)
+        load_model_state(parts.model, ckpt, ema=True)
     return parts, info
 
 
@@ -211,4 +215,4 @@ def make_batches(cfg: DictConfig, data: InMemoryData) -> BatchIterator:
     if size > n:
         raise UserError(f"trainer.batch_size={size} is larger than the {n} training items of "
                         f"{data.name} (fix: trainer.batch_size=<at most {n}>)")
-    return BatchIterator(n, size, seed=cfg.seed + 2)
+    return BatchIterator(n, size, seed=seeds.DATA_ORDER.seed(cfg.seed))

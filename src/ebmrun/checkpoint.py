@@ -115,10 +115,11 @@ def load_checkpoint(path_or_dir: str | os.PathLike, map_location: str | torch.de
     return ckpt
 
 
-def load_model_state(model: torch.nn.Module, ckpt: dict) -> None:
-    """Load the checkpoint's weights into ``model``; a mismatch is one clear line."""
+def load_model_state(model: torch.nn.Module, ckpt: dict, ema: bool = False) -> None:
+    """Load the checkpoint's weights into ``model``; a mismatch is one clear line. ``ema``:
+    the EMA of the weights where the run kept one (sampling, evaluation)."""
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["ema"] if ema and ckpt.get("ema") else ckpt["model"])
     except RuntimeError as exc:
         detail = str(exc).strip().splitlines()[0][:160]
         raise UserError(f"checkpoint {ckpt.get('path')} does not match the configured model "

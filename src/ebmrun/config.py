@@ -45,14 +45,14 @@ class DivergenceConfig:
 class TrainerConfig:
     """Training budget and the intervals of logging, pictures and checkpoints (in steps)."""
 
-    max_steps: Optional[int] = 1000
+    max_steps: Optional[int] = 2000
     max_epochs: Optional[int] = None
     max_minutes: Optional[float] = None  # wall-clock budget (not reproducible across machines)
     batch_size: int = 128
     log_every: int = 10
     image_every: int = 250
     ckpt_every: int = 250
-    grad_clip: Optional[float] = 0.1
+    grad_clip: Optional[float] = "${model.grad_clip}"  # type: ignore[assignment]  # the family's
     objective_metric: str = "loss"
     progress: bool = True
     on_divergence: str = "stop"              # stop | rollback
@@ -61,13 +61,19 @@ class TrainerConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimizer (``adam`` | ``adamw`` | ``sgd``) and a per-epoch exponential lr decay."""
+    """Optimizer (``adam`` | ``adamw`` | ``sgd``) and learning-rate schedule of every
+    parameter group (``model.optim.<group>`` replaces keys per group; see
+    :mod:`ebmrun.optimization`)."""
 
     name: str = "adam"
     lr: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.0, 0.999])
     weight_decay: float = 0.0
-    lr_decay: float = 1.0
+    schedule: str = "exponential"
+    lr_decay: float = 0.97
+    warmup: float = 0.05
+    warmup_start: float = 0.04
+    ema: Optional[float] = None
 
 
 @dataclass
@@ -122,11 +128,15 @@ class SweepConfig:
 
 @dataclass
 class ModelConfig:
-    """A model family: its network (``net``) and its training recipe (``objective``)."""
+    """A model family: its network (``net``), its training recipe (``objective``), the
+    family's default of ``trainer.grad_clip`` and per-parameter-group overrides of
+    ``optim.*`` / ``grad_clip`` (``optim: {<group>: {schedule: warmup_cosine, ...}}``)."""
 
     name: str = MISSING
     net: Any = MISSING
     objective: Any = MISSING
+    grad_clip: Optional[float] = 0.1  # families that clip nothing set null in their yaml
+    optim: Any = None
 
 
 @dataclass
@@ -150,6 +160,12 @@ def register_configs() -> None:
     """Register the schemas; ``conf/config.yaml`` lists ``ebmrun_schema`` first in defaults."""
     cs = ConfigStore.instance()
     cs.store(name="ebmrun_schema", node=Config)
+    from ebmrun.job_names import register_resolver
+
+    register_resolver()  # ${ebmrun_swept:} in hydra.sweep.subdir
+
+
+SCHEDULES = ("constant", "exponential", "warmup_cosine")  # see ebmrun.optimization.Schedule
 
 
 def _positive(value: Any) -> bool:
@@ -172,6 +188,10 @@ VALUE_CHECKS: list[tuple[str, Any, str]] = [
     ("trainer.divergence.max_rollbacks", lambda v: v >= 0, "an integer >= 0"),
     ("optim.lr", _positive, "a number > 0"),
     ("optim.lr_decay", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("optim.schedule", lambda v: v in SCHEDULES, " | ".join(SCHEDULES)),
+    ("optim.warmup", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optim.warmup_start", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("optim.ema", lambda v: v is None or 0 < v < 1, "null or in (0, 1)"),
     ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
     ("optim.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
     ("sample.n", _positive, "a positive integer"),

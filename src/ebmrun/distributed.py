@@ -21,10 +21,15 @@ CUDA uses nccl, one GPU per local rank). What changes against one process:
 - Checkpoints hold rank 0's state, so a run resumes with any number of processes (also
   one): ranks > 0 start from a copy of rank 0's replay buffer with fresh random streams.
 
-The whole ``training_step`` of the objective runs inside DDP's forward: the objectives call
-``model.energy`` (not ``forward``) and the sampler calls it many times, and DDP only
-synchronises gradients of work done inside its forward. Objectives that step their own
-optimizers (``manual_optimization``: EBGAN, sparse coding, LISTA) are not supported.
+For one parameter group the whole ``training_step`` of the objective runs inside DDP's
+forward: the objectives call ``model.energy`` (not ``forward``) and the sampler calls it many
+times, and DDP only synchronises gradients of work done inside its forward. Objectives with
+several groups (EBGAN's ``d`` then ``g``) backward once per group, which one DDP forward
+cannot cover: the runner averages each group's gradients itself
+(:func:`average_gradients`, one all-reduce per group) before clipping and stepping. Batch
+statistics (EBGAN's pulling-away term, BatchNorm in its generator) are computed per rank,
+as DDP does for BatchNorm. Objectives that step their own optimizers
+(``manual_optimization``) are not supported.
 """
 
 from __future__ import annotations
@@ -159,9 +164,25 @@ def step_function(objective, batch_size: int) -> Callable[[Tensor], dict[str, Te
                         f"processes (fix: trainer.batch_size=<a multiple of {size}>)")
     if not any(p.requires_grad for p in objective.model.parameters()):
         return objective.training_step  # nothing to synchronise (fixed energies)
+    if len(objective.groups) > 1:
+        return objective.training_step  # the runner averages each group's gradients
     device = next(objective.model.parameters()).device
     return DistributedDataParallel(_TrainingStep(objective),
                                    device_ids=[device] if device.type == "cuda" else None)
+
+
+def average_gradients(params: list[Tensor]) -> None:
+    """Replace each gradient by its mean over the ranks (one flat all-reduce)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def agree(reason: str | None, timed_out: bool, signal: int | None

@@ -22,8 +22,6 @@ from torch import Tensor
 
 from ebmrun.errors import UserError
 
-POLICIES = ("stop", "rollback")
-
 
 @dataclass
 class DivergenceGuard:

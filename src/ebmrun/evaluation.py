@@ -22,12 +22,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from ebmrun import seeds
 from ebmrun.build import build_trained, load_data
 from ebmrun.checkpoint import atomic_write_bytes, atomic_write_json
 from ebmrun.config import EvalConfig
 from ebmrun.data.base import InMemoryData
 from ebmrun.errors import UserError
-from ebmrun.logging import RunLogger, plots2d
+from ebmrun.logging import RunLogger, figures, plots2d
 from ebmrun.metrics.evaluator import RECIPES, get_evaluator
 from ebmrun.metrics.inception import inception_fid
 from ebmrun.metrics.normaliser import grid_report
@@ -60,7 +61,7 @@ def evaluate_model(cfg: DictConfig, objective: Objective, data: InMemoryData,
                    device: torch.device) -> EvalReport:
     """All metrics of ``objective``'s model that fit ``data``; see the module docstring."""
     settings = eval_settings(cfg)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed + 7)
+    generator = torch.Generator(device=device).manual_seed(seeds.EVALUATION.seed(cfg.seed))
     test_stored = data.test if settings.max_test is None else data.test[: settings.max_test]
     test = data.to_float(test_stored).to(device)
     model = objective.model
@@ -69,7 +70,7 @@ def evaluate_model(cfg: DictConfig, objective: Objective, data: InMemoryData,
     try:
         report = EvalReport()
         report.update(objective.evaluate(test, settings, generator))
-        if objective.energy(test[:2]) is not None:
+        if objective.has_energy:
             report.update(_energy_metrics(cfg, objective, data, test, settings, generator))
         if (settings.sample_quality and objective.generates_new_samples and data.is_image
                 and data.name in RECIPES):
@@ -101,8 +102,11 @@ def _energy_metrics(cfg: DictConfig, objective: Objective, data: InMemoryData, t
         points = torch.cat([data.train, data.test]).to(test.device)
         density = grid_report(objective.energy, test, points, data.box, settings.grid_size)
         report.metrics.update({f"density/{k}": v for k, v in density.items()})
-        report.figures["density"] = plots2d.density_image(
-            objective.energy, data.box, item_shape=data.item_shape, device=test.device)
+        density_map = plots2d.density_values(objective.energy, data.box,
+                                             item_shape=data.item_shape, device=test.device)
+        report.figures["density"] = figures.panels_2d(
+            [figures.Panel("exp(-E) and test points", values=density_map,
+                           overlay=test)], data.box)
     return report
 
 
@@ -156,7 +160,7 @@ def log_report(report: EvalReport, logger: RunLogger, step: int) -> None:
     logger.scalars({k: v for k, v in report.metrics.items() if not isinstance(v, str)}, step,
                    prefix="eval/")
     for name, figure in report.figures.items():
-        logger.writer.add_image(f"eval/{name}", figure, step)
+        logger.image(f"eval/{name}", figure, step)
     logger.flush()
 
 

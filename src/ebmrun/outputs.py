@@ -2,8 +2,10 @@
 
 Every model family writes the same files into the run dir:
 - ``samples.pt``: float32 tensor ``(N, *item_shape)`` in the training data's value range;
-- ``samples.png``: a grid of the first 100 samples (images), or a 2-D histogram (points);
-- ``chain.png``: sampler snapshots, one row per snapshot (images, when the sampler ran);
+- ``samples.png``: a grid of the first 100 samples (images), or the samples as dots over the
+  data with axes (points);
+- ``chain.png``: sampler snapshots, one row per snapshot labelled with its step (images,
+  when the sampler ran);
 - ``trajectories.png``: the paths of the first chains over the sample histogram (points);
 - ``metrics.json`` and TensorBoard events with the sampler's statistics (summary scalars,
   and the per-step traces of the first batch as ``sampler/<name>`` curves over the steps).
@@ -19,7 +21,7 @@ from torch import Tensor
 from torchvision.utils import save_image
 
 from ebmrun.checkpoint import atomic_torch_save, atomic_write_bytes, atomic_write_json
-from ebmrun.logging import RunLogger, plots2d
+from ebmrun.logging import RunLogger, figures, plots2d
 from ebmrun.logging.run_logger import image_grid
 from ebmrun.objectives.base import DataInfo
 
@@ -31,19 +33,15 @@ def png_bytes(grid: Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def points_image(points: Tensor, box: tuple[float, float], bins: int = 200) -> Tensor:
-    """A 2-D histogram of ``(N, 2)`` points as a ``(1, bins, bins)`` image (dark = dense)."""
-    low, high = box
-    hist = torch.histogramdd(points.float().cpu(), bins=[bins, bins],
-                             range=[low, high, low, high]).hist
-    hist = (hist / hist.max().clamp_min(1e-12)).sqrt()  # sqrt: keep faint modes visible
-    return (1.0 - hist.T.flip(0)).unsqueeze(0)  # rows = y from top to bottom
-
-
-def write_sample_files(run_dir: Path, samples: Tensor, chain: list[Tensor], info: DataInfo
-                       ) -> dict[str, Tensor]:
+def write_sample_files(run_dir: Path, samples: Tensor, chain: list[Tensor], info: DataInfo,
+                       *, data: Tensor | None = None, snapshot_every: int | None = None,
+                       steps: int | None = None) -> dict[str, Tensor]:
     """Write samples.pt and the pictures atomically; returns the pictures (name -> image
-    ``(C, H, W)`` in [0, 1]) for the caller to log."""
+    ``(C, H, W)`` in [0, 1]) for the caller to log.
+
+    ``data``: points ``(M, 2)`` drawn behind 2-D samples; ``snapshot_every`` and ``steps``
+    (the sampler's step count, when known) label the rows of the chain film with steps.
+    """
     run_dir = Path(run_dir)
     atomic_torch_save(samples, run_dir / "samples.pt")
     pictures: dict[str, Tensor] = {}
@@ -51,12 +49,15 @@ def write_sample_files(run_dir: Path, samples: Tensor, chain: list[Tensor], info
         pictures["samples"] = image_grid(samples[:100], info.value_range, nrow=10)
         if chain:
             film = torch.stack([snap[:10].float().cpu() for snap in chain]).flatten(0, 1)
-            pictures["sampling_chain"] = image_grid(film, info.value_range, nrow=10)
+            grid = image_grid(film, info.value_range, nrow=10)
+            labels = (figures.snapshot_steps(len(chain), snapshot_every, steps) if snapshot_every
+                      else [f"snapshot {k}" for k in range(len(chain))])
+            pictures["sampling_chain"] = figures.chain_film(grid, labels)
             atomic_write_bytes(run_dir / "chain.png", png_bytes(pictures["sampling_chain"]))
     else:
-        pictures["samples"] = points_image(samples[:, :2], info.box)
+        pictures["samples"] = figures.points_figure(samples, info.box, data=data)
         if len(chain) > 1:
-            paths = plots2d.trajectory_image(
+            paths = figures.trajectories_figure(
                 chain, info.box, background=plots2d.histogram_values(samples, info.box))
             atomic_write_bytes(run_dir / "trajectories.png", png_bytes(paths))
             pictures["sampling_trajectories"] = paths
@@ -65,19 +66,26 @@ def write_sample_files(run_dir: Path, samples: Tensor, chain: list[Tensor], info
 
 
 def write_samples(run_dir: Path, samples: Tensor, chain: list[Tensor], info: DataInfo,
-                  metrics: dict, traces: dict[str, Tensor] | None = None) -> None:
+                  metrics: dict, traces: dict[str, Tensor] | None = None, **picture_args
+                  ) -> None:
     """``task=sample`` output: the sample files, metrics.json and TensorBoard events.
 
-    ``traces``: per-step sampler diagnostics (1-D tensors, e.g. ``energy``, ``acceptance``).
+    ``traces``: per-step sampler diagnostics (1-D tensors, e.g. ``energy``, ``acceptance``);
+    ``picture_args``: ``data``, ``snapshot_every``, ``steps`` of :func:`write_sample_files`.
     """
     run_dir = Path(run_dir)
-    pictures = write_sample_files(run_dir, samples, chain, info)
+    pictures = write_sample_files(run_dir, samples, chain, info, **picture_args)
     logger = RunLogger(run_dir)
     for name, picture in pictures.items():
-        logger.writer.add_image(name, picture, 0)
-    logger.scalars({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, 0)
-    for name, trace in (traces or {}).items():
+        logger.image(name, picture, 0)
+    traces = traces or {}
+    for name, trace in traces.items():
         for t, value in enumerate(trace.tolist()):
             logger.writer.add_scalar(f"sampler/{name}", value, t + 1)
+    # The chains' summary at their last step, beside the traces (``n`` and the checkpoint's
+    # step are in metrics.json: not curves).
+    last = max((len(t) for t in traces.values()), default=0)
+    logger.scalars({k: v for k, v in metrics.items() if k.startswith("sampler/")
+                    and isinstance(v, (int, float))}, last)
     logger.close()
     atomic_write_json(metrics, run_dir / "metrics.json")

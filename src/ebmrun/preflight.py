@@ -125,7 +125,7 @@ def needs_checkpoint(cfg: DictConfig) -> bool:
     """Whether ``task=sample``/``eval`` needs a trained checkpoint: ``False`` when the model's
     objective says so (fixed energies, e.g. ``model=analytic``), which then builds the model
     from the config. Call after :func:`validate_config` (the target must import)."""
-    return bool(getattr(objective_class(cfg), "needs_checkpoint", True))
+    return bool(objective_class(cfg).needs_checkpoint)
 
 
 def chosen_output_dir(overrides: list[str], multirun: bool) -> Path:

@@ -84,10 +84,10 @@ def collect(sweep_dir: Path) -> list[JobRow]:
     jobs = sorted({m.parent for m in markers if m.parent != sweep_dir})
     if not jobs:
         raise UserError(f"{sweep_dir} holds no job dirs (fix: pass the dir that `ebmrun -m` "
-                        f"printed, which contains 0_<overrides>, 1_<overrides>, ...)")
+                        f"printed, which contains 0_<swept overrides>, 1_<...>, ...)")
     rows = [read_job(d) for d in jobs]
     for row, job_dir in zip(rows, jobs):
-        row.name = str(job_dir.relative_to(sweep_dir))  # "<num>_<overrides>[/...]"
+        row.name = str(job_dir.relative_to(sweep_dir))  # "<num>_<swept overrides>[/...]"
     return rows
 
 

@@ -6,10 +6,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from ebmrun.build import build_trained
+from ebmrun.build import build_trained, load_data
+from ebmrun.errors import UserError
 from ebmrun.metrics.chains import convergence_metrics
 from ebmrun.outputs import write_samples
 
@@ -25,7 +26,7 @@ def sample(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict:
     parts.sampler.record_chains = True  # per-chain traces for R-hat / ESS / KSD
     generator = torch.Generator(device=parts.device).manual_seed(cfg.seed)
     snapshot_every = cfg.sample.snapshot_every
-    chunks, chain, stats, traces, results = [], [], defaultdict(list), {}, []
+    chunks, chain, stats, traces, results, first_every = [], [], defaultdict(list), {}, [], 0
     remaining = cfg.sample.n
     with tqdm(total=cfg.sample.n, desc=f"sample {cfg.model.name}", dynamic_ncols=True) as bar:
         while remaining > 0:
@@ -35,6 +36,7 @@ def sample(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict:
                 every = max((cfg.sample.steps or 64) // 8, 1) if info.is_image else 1
             result = parts.objective.generate(n, steps=cfg.sample.steps, generator=generator,
                                               snapshot_every=every)
+            first_every = first_every or every
             chunks.append(result.x.float().cpu())
             results.append(result)
             chain = chain or result.chain
@@ -53,5 +55,19 @@ def sample(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict:
                "checkpoint_step": ckpt["step"] if ckpt else 0,
                **{f"sampler/{k}": sum(v) / len(v) for k, v in stats.items()},
                **convergence_metrics(results)}
-    write_samples(run_dir, samples, chain, info, metrics, traces)
+    data = None if info.is_image else _data_points(cfg, ckpt, tuple(info.item_shape))
+    write_samples(run_dir, samples, chain, info, metrics, traces, data=data,
+                  snapshot_every=first_every, steps=cfg.sample.steps)
     return metrics
+
+
+def _data_points(cfg: DictConfig, ckpt: dict | None, item_shape: tuple[int, ...]
+                 ) -> torch.Tensor | None:
+    """Training points ``(≤5000, 2)`` of the model's own data set, drawn behind 2-D samples
+    (toy sets are made in code: cheap); ``None`` when they do not match the model."""
+    data_cfg = OmegaConf.create(ckpt["config"]) if ckpt and "config" in ckpt else cfg
+    try:
+        data = load_data(data_cfg)
+    except (UserError, OSError):  # a missing background must not fail the samples
+        return None
+    return data.train[:5000].float() if tuple(data.item_shape) == item_shape else None

@@ -1,8 +1,9 @@
 """Sweeps: resumable multiruns, and clear errors for missing launcher/sweeper plugins.
 
-A multirun job writes into ``<hydra.sweep.dir>/<num>_<override_dirname>``; for the same
-command the job numbers and override names are the same every time (``sweep.resume`` and
-``hparams_search`` are left out of the name), so a sweep can be re-run into its own dir:
+A multirun job writes into ``<hydra.sweep.dir>/<num>_<swept overrides>`` (see
+:mod:`ebmrun.job_names`); for the same command the job numbers and names are the same every
+time (``sweep.resume`` and ``hparams_search`` are left out of the name), so a sweep can be
+re-run into its own dir:
 
     ebmrun -m hydra.sweep.dir=outputs/multirun/lr sweep.resume=true optim.lr=1e-4,3e-4 seed=0,1
 

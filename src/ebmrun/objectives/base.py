@@ -1,15 +1,23 @@
 """The objective contract: how one model family is trained and sampled.
 
-The runner owns the loop (data, optimizer steps, logging, checkpoints); an objective owns
-the recipe: the loss of one batch, how negatives or fakes are made, how to draw samples,
-and which pictures show progress. Objectives that need several optimizers (GANs) set
-``manual_optimization = True`` and step their own optimizers inside ``training_step``.
+The runner owns the loop (data, optimizer steps, clipping, schedules, logging,
+checkpoints); an objective owns the recipe: the loss of one batch, how negatives or fakes
+are made, how to draw samples, and which pictures show progress. It never calls
+``backward()`` or an optimizer.
+
+Two shapes of ``training_step`` (see :meth:`Objective.training_step`):
+
+- one parameter group (most families): return ``{"loss": scalar with grad, **scalars}``;
+- several groups (``groups = ("d", "g")`` for a GAN): a generator that yields
+  ``(group, loss)`` in update order and returns the scalars to log. The runner updates the
+  group's parameters before it resumes the generator, so a later loss sees the updated
+  weights (EBGAN's G step sees the D of this step, as in the paper).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -60,6 +68,11 @@ class EvalReport:
         self.tables.update({prefix + k: v for k, v in other.tables.items()})
 
 
+# What ``training_step`` returns: the scalars of one group's step, or a generator of
+# ``(group, loss)`` pairs that returns them.
+StepOutput = dict[str, Tensor] | Generator[tuple[str, Tensor], None, dict[str, Tensor]]
+
+
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
@@ -77,14 +90,34 @@ def make_optimizer(params, settings: OptimSettings, lr: float | None = None,
 
 
 class Objective(ABC):
-    """Base class of training recipes. ``model`` is the ``nn.Module`` that is checkpointed."""
+    """Base class of training recipes. ``model`` is the ``nn.Module`` that is checkpointed.
 
+    Capabilities are declared here as class attributes, never probed:
+    ``needs_checkpoint`` (``task=sample``/``eval`` need a trained checkpoint),
+    ``has_energy`` (:meth:`energy` returns per-item energies), ``uses_sampler`` (training
+    or ``generate`` runs the configured sampler; an instance may set it from its settings,
+    e.g. EBGAN's ``latent_refine``), ``generates_new_samples``.
+    """
+
+    # Parameter groups in update order; :meth:`configure_optimizers` returns one optimizer
+    # per group, in this order. Per-group settings: ``model.optim.<group>`` (run.py).
+    groups: tuple[str, ...] = ("loss",)
+    # Legacy escape hatch for objectives that step their own optimizers: the runner then
+    # only calls ``training_step`` (no clipping, schedules by epoch only, no DDP).
     manual_optimization = False
     # The names (fnmatch patterns) of what ``training_step`` returns and what ``evaluate``
     # reports: the pre-flight refuses a ``trainer.objective_metric`` the family never
     # produces before any training (tests/test_preflight.py checks them against real runs).
     train_metrics: tuple[str, ...] = ("loss",)
     eval_metrics: tuple[str, ...] = ()
+    needs_checkpoint = True
+    has_energy = False  # True for every subclass that overrides :meth:`energy`
+    uses_sampler = True
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "has_energy" not in vars(cls) and cls.energy is not Objective.energy:
+            cls.has_energy = True
     # Whether ``generate`` draws new samples (sample-quality metrics apply) or, as for
     # sparse coding, only reconstructs given items.
     generates_new_samples = True
@@ -95,12 +128,17 @@ class Objective(ABC):
         self.generator = generator
 
     @abstractmethod
-    def training_step(self, x: Tensor) -> dict[str, Tensor]:
-        """Loss terms for one batch ``x`` ``(B, *item_shape)``; must hold ``"loss"`` (a scalar
-        with grad) unless ``manual_optimization``. Other entries are logged as scalars."""
+    def training_step(self, x: Tensor) -> StepOutput:
+        """Loss terms for one batch ``x`` ``(B, *item_shape)``.
+
+        One group: ``{"loss": scalar with grad, **other scalars}``. Several ``groups``: a
+        generator yielding ``(group, scalar loss with grad)`` in update order, returning a
+        dict of scalars (it should hold ``"loss"``, the number reports and sweeps use).
+        Every entry but the losses is logged; nothing here calls ``backward``."""
 
     def configure_optimizers(self, settings: OptimSettings) -> list[torch.optim.Optimizer]:
-        """One optimizer over all model parameters by default."""
+        """One optimizer per entry of ``groups``, in that order; by default one over all
+        model parameters."""
         return [make_optimizer(self.model.parameters(), settings)]
 
     @abstractmethod
@@ -126,6 +164,11 @@ class Objective(ABC):
 
     def histograms(self) -> dict[str, Tensor]:
         """1-D tensors to log as histograms (e.g. energies of the last batch)."""
+        return {}
+
+    def reference_lines(self) -> dict[str, float]:
+        """Constants drawn beside the training curves they bound (tag -> value), e.g.
+        EBGAN's margin next to D(fake)."""
         return {}
 
     def state_dict(self) -> dict:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ebmrun.logging.line_plot import Series, line_plot
+from ebmrun.logging.figures import Series, line_plot
 from ebmrun.models.sparse_coding import SparseCoding
 from ebmrun.models.sparse_inference import SOLVERS, fista_iterates
 from ebmrun.objectives.base import EvalReport

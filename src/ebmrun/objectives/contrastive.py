@@ -20,8 +20,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from ebmrun.build import instantiate
 from ebmrun.errors import UserError
 from ebmrun.logging import plots2d
 from ebmrun.objectives.base import DataInfo, EvalReport, Objective, OptimSettings, make_optimizer
@@ -211,10 +213,6 @@ class ContrastiveObjective(Objective):
     def _probe_dataset(self):
         """The labelled dataset of the probe, loaded once."""
         if self._probe is None:
-            from omegaconf import OmegaConf
-
-            from ebmrun.build import instantiate  # late: build imports the objectives package
-
             if self.probe_data is None:
                 raise UserError("the linear probe needs labelled data (fix: set "
                                 "model.objective.probe_data to a dataset config)")

@@ -11,13 +11,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ebmrun.logging import plots2d
+from ebmrun.logging import figures, plots2d
 from ebmrun.objectives.base import DataInfo, Objective
+from ebmrun.objectives.common import ChainsFromNoise
 from ebmrun.objectives.replay_buffer import ReplayBuffer
-from ebmrun.samplers.base import SampleResult, Sampler
+from ebmrun.samplers.base import Sampler
 
 
-class ContrastiveDivergence(Objective):
+class ContrastiveDivergence(ChainsFromNoise, Objective):
     """Persistent contrastive divergence (Du & Mordatch 2019; UvA tutorial 8 recipe).
 
     Args:
@@ -88,26 +89,6 @@ class ContrastiveDivergence(Objective):
                if k in chains.stats},
         }
 
-    @torch.no_grad()
-    def noise(self, n: int, generator: torch.Generator) -> Tensor:
-        """Uniform noise ``(n, *item_shape)`` in the sampling box."""
-        device = self.buffer.data.device
-        low, high = self.data.box
-        return torch.rand(n, *self.data.item_shape, device=device, generator=generator) \
-            .mul_(high - low).add_(low)
-
-    def generate(self, n: int, *, steps: int | None = None, generator: torch.Generator,
-                 snapshot_every: int = 0) -> SampleResult:
-        """Fresh samples: chains started from uniform noise, ``steps`` (default
-        ``sample_steps``) sampler steps."""
-        steps = self.sample_steps if steps is None else steps
-        return self.sampler.sample(self.model.energy, self.noise(n, generator), steps=steps,
-                                   generator=generator, snapshot_every=snapshot_every)
-
-    def energy(self, x: Tensor) -> Tensor:
-        """The learned energy ``(B,)``."""
-        return self.model.energy(x)
-
     def visuals(self, generator: torch.Generator) -> dict[str, Tensor]:
         if not self.data.is_image:
             return self._visuals_2d(generator)
@@ -125,11 +106,12 @@ class ContrastiveDivergence(Objective):
         """Left to right: data histogram, learned exp(−E), samples from noise, buffer."""
         box, device = self.data.box, self.buffer.data.device
         fresh = self.generate(2000, generator=generator)
-        panel = plots2d.side_by_side([
-            plots2d.histogram_image(self._recent_data, box),
-            plots2d.density_image(self.model.energy, box, item_shape=self.data.item_shape,
-                                  device=device),
-            plots2d.histogram_image(fresh.x, box), plots2d.histogram_image(self.buffer.data, box)])
+        panel = figures.panels_2d([
+            figures.Panel("data", points=self._recent_data),
+            figures.Panel("exp(−E)", values=plots2d.density_values(
+                self.model.energy, box, item_shape=self.data.item_shape, device=device)),
+            figures.Panel("samples from noise", points=fresh.x),
+            figures.Panel("replay buffer", points=self.buffer.data)], box)
         return {"data_model_samples_buffer": plots2d.in_value_range(panel, self.data.value_range)}
 
     def histograms(self) -> dict[str, Tensor]:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ebmrun.logging.run_logger import image_grid
 from ebmrun.objectives.base import DataInfo, EvalReport, Objective, OptimSettings, make_optimizer
 from ebmrun.objectives.corruption import check_levels, default_ladder, get_corruption
-from ebmrun.objectives.ebgan import eval_mode
+from ebmrun.objectives.common import eval_mode
 from ebmrun.samplers.base import SampleResult, Sampler
 
 START_CHOICES = ("noise", "data")

@@ -6,13 +6,12 @@ term for the generator (Zhao, Mathieu & LeCun 2016).
 D(·) is the per-sample mean squared reconstruction error (``EBGAN.energy``), so m ≈ 1 fits
 [-1, 1] images (the paper's m = 10 assumed summed errors: with it every fake sits inside
 the margin forever and D only learns to push energies up). S are the discriminator's codes
-of the generated batch. Both networks are stepped here (``manual_optimization``).
+of the generated batch. The losses are yielded per network (groups ``d`` then ``g``); the
+runner steps them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ebmrun.objectives.base import DataInfo, Objective, OptimSettings, make_optimizer
+from ebmrun.objectives.common import eval_mode, interleave_rows, with_box
 from ebmrun.samplers.base import SampleResult, Sampler
 
 
@@ -70,18 +70,6 @@ PRIORS: dict[str, LatentPrior] = {
 }
 
 
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Run pictures in eval mode (BatchNorm running stats, as ``task=sample`` sees them)
-    and leave the module in the mode it was in."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
-
-
 class EBGANObjective(Objective):
     """Margin loss + pulling-away term, two Adam optimizers, fixed-z sample film.
 
@@ -105,7 +93,7 @@ class EBGANObjective(Objective):
     train_metrics = ("loss", "loss_d", "loss_g", "energy_real", "energy_fake", "hinge_active",
                      "pt")
 
-    manual_optimization = True
+    groups = ("d", "g")  # D's update first: G's loss sees the updated D
 
     def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,
                  generator: torch.Generator, margin: float = 1.0, pt_weight: float = 0.1,
@@ -131,12 +119,11 @@ class EBGANObjective(Objective):
         self.betas = {"g": betas_g, "d": betas_d}
         self.d_steps, self.g_steps = int(d_steps), int(g_steps)
         self.latent_refine, self.refine_weight = bool(latent_refine), float(refine_weight)
+        self.uses_sampler = self.latent_refine  # the sampler refines z in generate only
         self.device = next(model.parameters()).device
         # A fixed latent batch: the same z every picture, so the grids play as a film. It
         # is drawn from its own seeded stream and saved with the objective's state.
         self.fixed_z = self.draw_z(n_fixed, torch.Generator(device=self.device).manual_seed(0))
-        self._opt_g: torch.optim.Optimizer | None = None
-        self._opt_d: torch.optim.Optimizer | None = None
         self._last: dict[str, Tensor] = {}
         self._last_real: Tensor | None = None  # for the reconstruction pictures
         self._last_fake: Tensor | None = None
@@ -146,57 +133,52 @@ class EBGANObjective(Objective):
         return self.prior.draw(n, self.model.z_dim, self.device, generator)
 
     def configure_optimizers(self, settings: OptimSettings) -> list[torch.optim.Optimizer]:
-        """``[generator optimizer, discriminator optimizer]`` (per-network lr/betas)."""
-        self._opt_g = make_optimizer(self.model.generator.parameters(), settings,
-                                     self.lr["g"], self.betas["g"])
-        self._opt_d = make_optimizer(self.model.discriminator.parameters(), settings,
-                                     self.lr["d"], self.betas["d"])
-        return [self._opt_g, self._opt_d]
+        """``[discriminator optimizer, generator optimizer]`` (``groups`` order; per-network
+        lr/betas)."""
+        return [make_optimizer(self.model.discriminator.parameters(), settings,
+                               self.lr["d"], self.betas["d"]),
+                make_optimizer(self.model.generator.parameters(), settings,
+                               self.lr["g"], self.betas["g"])]
 
-    def training_step(self, x: Tensor) -> dict[str, Tensor]:
-        """``d_steps`` discriminator updates then ``g_steps`` generator updates on ``x``."""
-        if self._opt_g is None or self._opt_d is None:
-            raise RuntimeError("call configure_optimizers before training_step")
+    def training_step(self, x: Tensor) -> Iterator[tuple[str, Tensor]]:
+        """``d_steps`` discriminator losses then ``g_steps`` generator losses on ``x``,
+        yielded in update order: the runner steps D before G's loss is computed, so G
+        trains against the D of this step."""
         batch = x.shape[0]
         for i in range(self.d_steps):
-            # The last fake batch keeps its graph: the first G update reuses it, saving a
+            # The last fake batch keeps its graph: the first G loss reuses it, saving a
             # generator forward pass per step.
             with torch.set_grad_enabled(i == self.d_steps - 1):
                 fake = self.model.generate(self.draw_z(batch, self.generator))
-            d_out = self._d_update(x, fake.detach())
+            loss_d, d_out = self._d_loss(x, fake.detach())
+            yield "d", loss_d
         for j in range(self.g_steps):
             if j > 0:
                 fake = self.model.generate(self.draw_z(batch, self.generator))
-            g_out = self._g_update(fake)
+            loss_g, g_out = self._g_loss(fake)
+            yield "g", loss_g
         self._last_real, self._last_fake = x.detach()[:32], fake.detach()[:32]
         out = {**d_out, **g_out}
         # "loss" (what metrics.json / sweeps report): the sum of both players' losses.
         out["loss"] = out["loss_d"] + out["loss_g"]
         return out
 
-    def _d_update(self, x: Tensor, fake: Tensor) -> dict[str, Tensor]:
+    def _d_loss(self, x: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         # One discriminator pass over real and fake together (no BatchNorm in D, so the
         # energies are the same as two separate passes; one pass is faster).
         energies, _ = self.model.energy_and_code(torch.cat([x, fake]))
         e_real, e_fake = energies[: x.shape[0]], energies[x.shape[0]:]
         loss_d, active = margin_loss(e_real, e_fake, self.margin)
-        self._opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self._opt_d.step()
         self._last = {"energy/real": e_real.detach(), "energy/fake": e_fake.detach()}
-        return {"loss_d": loss_d.detach(), "energy_real": e_real.mean().detach(),
-                "energy_fake": e_fake.mean().detach(),
-                "hinge_active": active.float().mean()}
+        return loss_d, {"loss_d": loss_d.detach(), "energy_real": e_real.mean().detach(),
+                        "energy_fake": e_fake.mean().detach(),
+                        "hinge_active": active.float().mean()}
 
-    def _g_update(self, fake: Tensor) -> dict[str, Tensor]:
+    def _g_loss(self, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         e_fake, codes = self.model.energy_and_code(fake)
         pt = pulling_away_term(codes)
         loss_g = e_fake.mean() + self.pt_weight * pt
-        self._opt_g.zero_grad(set_to_none=True)
-        # Only generator gradients: D's parameter grads are neither needed nor kept.
-        loss_g.backward(inputs=list(self.model.generator.parameters()))
-        self._opt_g.step()
-        return {"loss_g": loss_g.detach(), "pt": pt.detach()}
+        return loss_g, {"loss_g": loss_g.detach(), "pt": pt.detach()}
 
     def latent_energy(self, z: Tensor) -> Tensor:
         """``refine_weight · D(G(z)) + E_prior(z)`` ``(B,)`` for latents ``(B, z_dim)``."""
@@ -235,8 +217,11 @@ class EBGANObjective(Objective):
             for name, images in (("real", self._last_real), ("fake", self._last_fake)):
                 if images is not None:
                     recon, _ = self.model.reconstruct(images[:32])
-                    out[f"reconstruction_{name}"] = _interleave_rows(images[:32], recon)
+                    out[f"reconstruction_{name}"] = interleave_rows(images[:32], recon)
         return out
+
+    def reference_lines(self) -> dict[str, float]:
+        return {"energy/margin": self.margin}  # D(fake) >= m: the fake no longer pushes D
 
     def histograms(self) -> dict[str, Tensor]:
         return dict(self._last)
@@ -246,23 +231,3 @@ class EBGANObjective(Objective):
 
     def load_state_dict(self, state: dict) -> None:
         self.fixed_z = state["fixed_z"].to(self.device)
-
-
-def with_box(sampler: Sampler, box: tuple[float, float] | None) -> Sampler:
-    """A shallow copy of ``sampler`` whose box constraint is ``box``, applied also to any
-    sampler it holds as an attribute (e.g. replica exchange's inner move)."""
-    clone = copy.copy(sampler)
-    clone.box = box
-    for name, value in vars(sampler).items():
-        if isinstance(value, Sampler):
-            setattr(clone, name, with_box(value, box))
-    return clone
-
-
-def _interleave_rows(inputs: Tensor, recon: Tensor, row: int = 8) -> Tensor:
-    """``(N, ...)`` inputs and reconstructions → ``(2N, ...)``: a row of 8 inputs, then
-    their 8 reconstructions, and so on (for an 8-wide grid)."""
-    n = inputs.shape[0] - inputs.shape[0] % row
-    pairs = torch.stack([inputs[:n].reshape(-1, row, *inputs.shape[1:]),
-                         recon[:n].reshape(-1, row, *inputs.shape[1:])], dim=1)
-    return pairs.flatten(0, 2)

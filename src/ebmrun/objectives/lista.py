@@ -13,10 +13,9 @@ it as ISTA (see :mod:`ebmrun.models.lista`) and trained for the remaining steps.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Generator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ebmrun.checkpoint import load_checkpoint
@@ -25,24 +24,10 @@ from ebmrun.models.lista import LISTA
 from ebmrun.models.sparse_coding import atom_images
 from ebmrun.objectives.base import DataInfo, EvalReport, Objective, OptimSettings, make_optimizer
 from ebmrun.objectives.code_error import CODE_ERROR_METRICS, code_error_report
-from ebmrun.objectives.sparse_coding import (check_solver, dictionary_step, infer,
-                                             init_atoms_from_data, interleave_rows,
-                                             training_signals)
+from ebmrun.objectives.common import interleave_rows, random_shift
+from ebmrun.objectives.sparse_coding import (check_solver, dictionary_update, infer,
+                                             init_atoms_from_data, training_signals)
 from ebmrun.samplers.base import SampleResult, Sampler
-
-
-def random_shift(x: Tensor, shift: int, generator: torch.Generator, fill: float) -> Tensor:
-    """Images ``(B, C, H, W)``, each translated by its own random offset in
-    [−shift, shift]² (uncovered pixels set to ``fill``): same shape."""
-    b, c, h, w = x.shape
-    padded = F.pad(x, (shift, shift, shift, shift), value=fill)
-    di = torch.randint(0, 2 * shift + 1, (b, 1), generator=generator, device=x.device)
-    dj = torch.randint(0, 2 * shift + 1, (b, 1), generator=generator, device=x.device)
-    rows = (di + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
-    cols = (dj + torch.arange(w, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
-    batch = torch.arange(b, device=x.device)[:, None, None, None]
-    channel = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, channel, rows, cols]
 
 
 class LISTAObjective(Objective):
@@ -58,10 +43,6 @@ class LISTAObjective(Objective):
             step size (``dictionary_lr: null``: ``optim.lr``).
         target_iters: FISTA iterations for the regression targets z*.
         lr / betas: LISTA's optimizer settings (``null``: ``optim.lr`` / ``optim.betas``).
-        schedule_steps: LISTA's learning rate warms up linearly over the first 5 % of its
-            steps, then follows a cosine to zero at run step ``schedule_steps`` (the
-            config sets it to ``trainer.max_steps``); it then replaces ``optim.lr_decay``
-            for LISTA. ``null``: a constant lr (with ``optim.lr_decay`` per epoch).
         shift: translate each training image by a random offset of up to ``shift`` pixels
             (filled with the data's low value) before its targets are computed. New
             (y, z*) pairs for free: the untied 5-layer network otherwise fits the 60,000
@@ -73,16 +54,18 @@ class LISTAObjective(Objective):
     train_metrics = ("loss", "dictionary/*", "code_error_T*", "target_nonzeros")
     eval_metrics = CODE_ERROR_METRICS
 
-    manual_optimization = True
     generates_new_samples = False
+    uses_sampler = False
+    # The networks, then the dictionary while it is learned in this run. Their schedules
+    # are config (conf/model/lista.yaml: warm-up + cosine for the networks).
+    groups = ("lista", "dictionary")
 
     def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,
                  generator: torch.Generator, dictionary: str | None = None,
                  dictionary_steps: int = 1000, inference: str = "fista",
                  dictionary_iters: int = 100, dictionary_lr: float | None = 1e-3,
                  target_iters: int = 100, lr: float | None = 0.1,
-                 betas: list[float] | None = None, schedule_steps: int | None = None,
-                 shift: int = 0, patches_per_image: int = 16, eval_iters: int = 300,
+                 betas: list[float] | None = None, shift: int = 0, patches_per_image: int = 16, eval_iters: int = 300,
                  optimal_iters: int = 1000) -> None:
         super().__init__(model, data, generator)
         if not isinstance(model, LISTA):
@@ -97,19 +80,14 @@ class LISTAObjective(Objective):
         self.shift = int(shift)
         self.dictionary = dictionary
         self.dictionary_steps = int(dictionary_steps) if dictionary is None else 0
-        if schedule_steps is not None and schedule_steps <= self.dictionary_steps:
-            raise ValueError(f"schedule_steps={schedule_steps} leaves no LISTA steps after "
-                             f"{self.dictionary_steps} dictionary steps (fix: raise "
-                             f"trainer.max_steps or lower dictionary_steps)")
-        self.schedule_steps = schedule_steps
+        if dictionary is not None:  # a frozen dictionary gets no optimizer (nor its state)
+            self.groups = ("lista",)
         self.solver = check_solver(inference)
         self.dictionary_iters, self.target_iters = int(dictionary_iters), int(target_iters)
         self.lr, self.dictionary_lr, self.betas = lr, dictionary_lr, betas
         self.patches_per_image = int(patches_per_image)
         self.eval_iters, self.optimal_iters = int(eval_iters), int(optimal_iters)
         self.steps_done = 0
-        self._optimizers: list[torch.optim.Optimizer] = []
-        self._base_lrs: list[float] = []
         self._lipschitz: float | None = None  # of the frozen dictionary, once LISTA trains
         self.name = "lista" if model.nets[0].tied else "lista_untied"
 
@@ -120,13 +98,12 @@ class LISTAObjective(Objective):
             self._load_dictionary(self.dictionary)
             self.model.init_from_dictionary()
 
-        self._optimizers = [make_optimizer(self.model.lista_parameters(), settings, self.lr,
-                                           self.betas)]
-        if self.dictionary is None:  # a frozen dictionary gets no optimizer (nor its state)
-            self._optimizers.append(make_optimizer([self.model.coder.weight], settings,
-                                                   self.dictionary_lr, self.betas))
-        self._base_lrs = [group["lr"] for group in self._optimizers[0].param_groups]
-        return self._optimizers
+        optimizers = [make_optimizer(self.model.lista_parameters(), settings, self.lr,
+                                     self.betas)]
+        if "dictionary" in self.groups:
+            optimizers.append(make_optimizer([self.model.coder.weight], settings,
+                                             self.dictionary_lr, self.betas))
+        return optimizers
 
     @torch.no_grad()
     def _load_dictionary(self, path: str) -> None:
@@ -147,9 +124,7 @@ class LISTAObjective(Objective):
                             f"(fix: the same model.net.n_atoms, patch_size and n_examples as "
                             f"the sparse_coding run)") from None
 
-    def training_step(self, x: Tensor) -> dict[str, Tensor]:
-        if not self._optimizers:
-            raise RuntimeError("call configure_optimizers before training_step")
+    def training_step(self, x: Tensor) -> Generator[tuple[str, Tensor], None, dict[str, Tensor]]:
         coder = self.model.coder
         if self.dictionary is None and int(coder.n_stored) == 0:  # the very first step
             init_atoms_from_data(coder, training_signals(coder, x, self.patches_per_image,
@@ -157,19 +132,20 @@ class LISTAObjective(Objective):
         coder.remember(x)
         self.steps_done += 1
         if self.steps_done <= self.dictionary_steps:
-            return self._dictionary_step(x)
-        return self._lista_step(x)
+            return (yield from self._dictionary_step(x))
+        return (yield from self._lista_step(x))
 
-    def _dictionary_step(self, x: Tensor) -> dict[str, Tensor]:
+    def _dictionary_step(self, x: Tensor
+                         ) -> Generator[tuple[str, Tensor], None, dict[str, Tensor]]:
         coder = self.model.coder
         y = training_signals(coder, x, self.patches_per_image, self.generator)
-        stats, _ = dictionary_step(coder, self._optimizers[1], y, self.solver,
-                                   self.dictionary_iters)
+        stats, _ = yield from dictionary_update(coder, y, self.solver, self.dictionary_iters,
+                                                group="dictionary")
         return {"loss": stats["loss"],
                 **{f"dictionary/{k}": v for k, v in stats.items() if k != "loss"}}
 
-    def _lista_step(self, x: Tensor) -> dict[str, Tensor]:
-        """One Adam step of every network towards the batch's FISTA codes."""
+    def _lista_step(self, x: Tensor) -> Generator[tuple[str, Tensor], None, dict[str, Tensor]]:
+        """Every network's regression loss towards the batch's FISTA codes (one group)."""
         coder = self.model.coder
         if not bool(self.model.initialised):  # the dictionary phase just ended
             self._lipschitz = self.model.init_from_dictionary()
@@ -186,29 +162,10 @@ class LISTAObjective(Objective):
             sq = (net(y) - z_star).pow(2).sum(1)
             loss = loss + sq.mean()
             out[f"code_error_T{net.depth}"] = sq.detach().sum() / norm2
-        self._optimizers[0].zero_grad(set_to_none=True)
-        loss.backward()
-        self._set_lr(self._optimizers[0])
-        self._optimizers[0].step()
+        yield "lista", loss
         out["loss"] = loss.detach()
         out["target_nonzeros"] = (z_star != 0).sum(1).float().mean()
         return out
-
-    def _set_lr(self, optimizer: torch.optim.Optimizer) -> None:
-        """Warm-up then cosine (see ``schedule_steps``). Large Adam steps (lr ~0.1 on the
-        L-scaled parameters) train LISTA far better than small ones, but only with a
-        short warm-up and an annealed end; the runner's per-epoch decay cannot do that."""
-        if self.schedule_steps is None:
-            return
-        total = self.schedule_steps - self.dictionary_steps
-        t = min(self.steps_done - self.dictionary_steps, total)
-        warmup = max(total // 20, 1)
-        if t <= warmup:
-            factor = 0.04 + 0.96 * t / warmup
-        else:
-            factor = 0.5 * (1 + math.cos(math.pi * (t - warmup) / max(total - warmup, 1)))
-        for group, base in zip(optimizer.param_groups, self._base_lrs, strict=True):
-            group["lr"] = base * factor
 
     def _items(self, z: Tensor) -> Tensor:
         coder = self.model.coder

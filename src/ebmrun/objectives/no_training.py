@@ -13,12 +13,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ebmrun.logging import plots2d
+from ebmrun.logging import figures, plots2d
 from ebmrun.objectives.base import DataInfo, Objective
-from ebmrun.samplers.base import SampleResult, Sampler
+from ebmrun.objectives.common import ChainsFromNoise
+from ebmrun.samplers.base import Sampler
 
 
-class NoTraining(Objective):
+class NoTraining(ChainsFromNoise, Objective):
     """Samples a fixed energy; the loss is a constant zero.
 
     Args:
@@ -47,24 +48,8 @@ class NoTraining(Objective):
         zero = torch.zeros((), device=x.device, requires_grad=True)
         return {"loss": zero, "energy_data": energy}
 
-    def noise(self, n: int, generator: torch.Generator) -> Tensor:
-        """Uniform starts ``(n, *item_shape)`` in the sampling box."""
-        low, high = self.data.box
-        return (torch.rand(n, *self.data.item_shape, device=self.device, generator=generator)
-                * (high - low) + low)
-
-    def generate(self, n: int, *, steps: int | None = None, generator: torch.Generator,
-                 snapshot_every: int = 0) -> SampleResult:
-        """``n`` samples from chains started uniformly in the box."""
-        steps = self.sample_steps if steps is None else steps
-        return self.sampler.sample(self.model.energy, self.noise(n, generator), steps=steps,
-                                   generator=generator, snapshot_every=snapshot_every)
-
-    def energy(self, x: Tensor) -> Tensor:
-        """The fixed energy ``(B,)``."""
-        return self.model.energy(x)
-
     def visuals(self, generator: torch.Generator) -> dict[str, Tensor]:
+        """Images: samples. 2-D: exp(−E/T) | samples, and the chain paths over exp(−E/T)."""
         if self.data.is_image:
             return {"samples": self.generate(64, generator=generator).x}
         box = self.data.box
@@ -72,8 +57,9 @@ class NoTraining(Objective):
                               snapshot_every=max(self.sample_steps // 100, 1))
         target = plots2d.density_values(self.model.energy, box, item_shape=self.data.item_shape,
                                         temperature=self.sampler.temperature, device=self.device)
-        panel = plots2d.side_by_side([
-            plots2d.colorize(target), plots2d.histogram_image(fresh.x, box),
-            plots2d.trajectory_image(fresh.chain, box, res=256, n_chains=4, background=target)])
-        # Left to right: exp(-E/T), samples, chain paths over the density.
-        return {"density_samples_paths": plots2d.in_value_range(panel, self.data.value_range)}
+        panel = figures.panels_2d([figures.Panel("exp(−E/T)", values=target),
+                                   figures.Panel("samples", points=fresh.x)], box)
+        paths = figures.trajectories_figure(fresh.chain, box, background=target, n_chains=4)
+        value_range = self.data.value_range
+        return {"density_samples": plots2d.in_value_range(panel, value_range),
+                "sampler_paths": plots2d.in_value_range(paths, value_range)}

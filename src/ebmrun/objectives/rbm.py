@@ -28,8 +28,7 @@ from ebmrun.logging.run_logger import image_grid
 from ebmrun.metrics.ais import ais_log_partition, base_rate_bias
 from ebmrun.models.rbm import RBM
 from ebmrun.objectives.base import DataInfo, EvalReport, Objective, OptimSettings, make_optimizer
-from ebmrun.objectives.ebgan import eval_mode
-from ebmrun.objectives.vae import BINARIZE_TEST_SEED, binarize
+from ebmrun.objectives.common import BINARIZE_TEST_SEED, binarize, eval_mode
 from ebmrun.samplers.base import SampleResult, Sampler
 from ebmrun.samplers.gibbs import BlockGibbs, bernoulli_logits
 

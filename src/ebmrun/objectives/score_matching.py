@@ -29,9 +29,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ebmrun.logging import plots2d
+from ebmrun.logging import figures, plots2d
 from ebmrun.objectives.base import DataInfo, Objective, OptimSettings, make_optimizer
-from ebmrun.samplers.base import SampleResult, Sampler
+from ebmrun.objectives.common import ChainsFromNoise
+from ebmrun.samplers.base import Sampler
 
 EnergyFn = Callable[[Tensor], Tensor]
 
@@ -90,7 +91,7 @@ def gaussian(shape: Sequence[int], generator: torch.Generator, device: torch.dev
 PROJECTIONS = {"rademacher": rademacher, "gaussian": gaussian}
 
 
-class DirectEnergyObjective(Objective):
+class DirectEnergyObjective(ChainsFromNoise, Objective):
     """Shared plumbing of objectives that fit an energy without sampling it (score
     matching, NCE): Adam settings, fresh samples from the ``sampler`` group for pictures
     and ``task=sample``, the 2-D picture panel. Subclasses write ``training_step``.
@@ -123,35 +124,17 @@ class DirectEnergyObjective(Objective):
         if not self.data.is_image:
             self._recent_data = torch.cat([x.detach(), self._recent_data])[: self.RECENT_POINTS]
 
-    def sampling_energy(self, x: Tensor, sigma: Tensor | None = None) -> Tensor:
-        """The energy the sampler sees ``(B,)`` (noise-conditional objectives override it)."""
-        return self.model.energy(x)
-
-    def generate(self, n: int, *, steps: int | None = None, generator: torch.Generator,
-                 snapshot_every: int = 0) -> SampleResult:
-        """``n`` chains started uniformly in the box, ``steps`` (default ``sample_steps``)
-        steps of the ``sampler`` group."""
-        steps = self.sample_steps if steps is None else steps
-        low, high = self.data.box
-        x0 = torch.rand(n, *self.data.item_shape, device=self.device,
-                        generator=generator) * (high - low) + low
-        return self.sampler.sample(self.sampling_energy, x0, steps=steps, generator=generator,
-                                   snapshot_every=snapshot_every)
-
-    def energy(self, x: Tensor) -> Tensor:
-        """The learned energy ``(B,)``."""
-        return self.model.energy(x)
-
     def visuals(self, generator: torch.Generator) -> dict[str, Tensor]:
         """Images: fresh samples. 2-D: data | exp(−E) | samples from noise."""
         if self.data.is_image:
             return {"samples_from_noise": self.generate(64, generator=generator).x}
         box = self.data.box
-        panel = plots2d.side_by_side([
-            plots2d.histogram_image(self._recent_data, box),
-            plots2d.density_image(self.model.energy, box, item_shape=self.data.item_shape,
-                                  device=self.device),
-            plots2d.histogram_image(self.generate(2000, generator=generator).x, box)])
+        panel = figures.panels_2d([
+            figures.Panel("data", points=self._recent_data),
+            figures.Panel("exp(−E)", values=plots2d.density_values(
+                self.model.energy, box, item_shape=self.data.item_shape, device=self.device)),
+            figures.Panel("samples from noise",
+                          points=self.generate(2000, generator=generator).x)], box)
         return {"data_model_samples": plots2d.in_value_range(panel, self.data.value_range)}
 
     def histograms(self) -> dict[str, Tensor]:

@@ -4,13 +4,15 @@
     W ← W − η ∇_W ½‖y − Wz‖²               (codes fixed; Adam by default)
     W ← W / ‖columns‖                       (unit-norm atoms, after every update)
 
-The renormalisation must follow every optimizer step, so this objective steps its own
-optimizer (``manual_optimization``). Sparse coding reconstructs, it does not sample:
+The renormalisation must follow every optimizer step, so ``training_step`` is a generator:
+it yields the loss, the runner steps W, then the atoms are renormalised. Sparse coding reconstructs, it does not sample:
 ``generate`` returns reconstructions of the fixed examples the model keeps (the first
 training items seen), and ``energy(x)`` is min_z E(x, z) approximated by FISTA.
 """
 
 from __future__ import annotations
+
+from collections.abc import Generator
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +21,7 @@ from ebmrun.models.sparse_coding import SparseCoding, atom_images
 from ebmrun.models.sparse_inference import SOLVERS, run
 from ebmrun.objectives.base import DataInfo, EvalReport, Objective, OptimSettings, make_optimizer
 from ebmrun.objectives.code_error import CODE_ERROR_METRICS, code_error_report
+from ebmrun.objectives.common import interleave_rows
 from ebmrun.samplers.base import SampleResult, Sampler
 
 
@@ -53,17 +56,17 @@ def init_atoms_from_data(coder: SparseCoding, y: Tensor, generator: torch.Genera
     coder.normalise_()
 
 
-def dictionary_step(coder: SparseCoding, optimizer: torch.optim.Optimizer, y: Tensor,
-                    solver: str, iters: int) -> tuple[dict[str, Tensor], Tensor]:
-    """One dictionary-learning update on signal rows ``y`` ``(B, n)``; returns the scalars
-    to log (energy etc. *before* the update) and the codes ``(B, m)``."""
+def dictionary_update(coder: SparseCoding, y: Tensor, solver: str, iters: int,
+                      group: str = "loss"
+                      ) -> Generator[tuple[str, Tensor], None, tuple[dict[str, Tensor], Tensor]]:
+    """One dictionary-learning update on signal rows ``y`` ``(B, n)``: yields ``(group,
+    loss)`` for the runner's step on W, renormalises the atoms after it, and returns the
+    scalars to log (energy etc. *before* the update) and the codes ``(B, m)``."""
     lipschitz = coder.lipschitz()
     z = infer(coder, y, solver, iters, lipschitz)
     sq_err = 0.5 * (y - coder.decode(z)).pow(2).sum(1)  # grad flows to W only
-    optimizer.zero_grad(set_to_none=True)
-    sq_err.mean().backward()
-    optimizer.step()
-    coder.normalise_()
+    yield group, sq_err.mean()
+    coder.normalise_()  # after every optimizer step: unit-norm atoms
     sq_err = sq_err.detach()
     energy = sq_err + coder.lam * z.abs().sum(1)
     stats = {"loss": energy.mean(), "energy": energy.mean(), "recon_error": sq_err.mean(),
@@ -80,15 +83,6 @@ def training_signals(coder: SparseCoding, x: Tensor, patches_per_image: int,
     if coder.patch_size is None:
         return coder.signals(x)
     return coder.random_patches(x, patches_per_image, generator)
-
-
-def interleave_rows(inputs: Tensor, recon: Tensor, row: int = 8) -> Tensor:
-    """``(N, ...)`` inputs and reconstructions → ``(2N', ...)``: 8 inputs, then their 8
-    reconstructions, and so on (for an 8-wide grid); N' = N rounded down to 8."""
-    n = inputs.shape[0] - inputs.shape[0] % row
-    pairs = torch.stack([inputs[:n].reshape(-1, row, *inputs.shape[1:]),
-                         recon[:n].reshape(-1, row, *inputs.shape[1:])], dim=1)
-    return pairs.flatten(0, 2)
 
 
 class SparseCodingObjective(Objective):
@@ -110,8 +104,8 @@ class SparseCodingObjective(Objective):
                      "recon_mse")
     eval_metrics = CODE_ERROR_METRICS
 
-    manual_optimization = True
     generates_new_samples = False
+    uses_sampler = False
 
     def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,
                  generator: torch.Generator, inference: str = "fista", iters: int = 100,
@@ -128,22 +122,18 @@ class SparseCodingObjective(Objective):
         self.iters, self.patches_per_image = int(iters), int(patches_per_image)
         self.lr, self.betas, self.init_from_data = lr, betas, bool(init_from_data)
         self.eval_iters, self.optimal_iters = int(eval_iters), int(optimal_iters)
-        self._optimizer: torch.optim.Optimizer | None = None
         self._last_codes: Tensor | None = None
 
     def configure_optimizers(self, settings: OptimSettings) -> list[torch.optim.Optimizer]:
-        self._optimizer = make_optimizer([self.model.weight], settings, self.lr, self.betas)
-        return [self._optimizer]
+        return [make_optimizer([self.model.weight], settings, self.lr, self.betas)]
 
-    def training_step(self, x: Tensor) -> dict[str, Tensor]:
-        if self._optimizer is None:
-            raise RuntimeError("call configure_optimizers before training_step")
+    def training_step(self, x: Tensor) -> Generator[tuple[str, Tensor], None, dict[str, Tensor]]:
         y = training_signals(self.model, x, self.patches_per_image, self.generator)
         if int(self.model.n_stored) == 0 and self.init_from_data:  # the very first step
             init_atoms_from_data(self.model, y, self.generator)
         self.model.remember(x)
-        stats, self._last_codes = dictionary_step(self.model, self._optimizer, y, self.solver,
-                                                  self.iters)
+        stats, self._last_codes = yield from dictionary_update(self.model, y, self.solver,
+                                                               self.iters)
         return stats
 
     def reconstruct(self, x: Tensor, iters: int, snapshot_every: int = 0

@@ -23,16 +23,11 @@ from torch import Tensor, nn
 
 from ebmrun.logging.run_logger import image_grid
 from ebmrun.objectives.base import DataInfo, EvalReport, Objective, OptimSettings, make_optimizer
-from ebmrun.objectives.ebgan import eval_mode, with_box
+from ebmrun.objectives.common import (BINARIZE_TEST_SEED, binarize, eval_mode, interleave_rows,
+                                      with_box)
 from ebmrun.samplers.base import SampleResult, Sampler
 
-BINARIZE_TEST_SEED = 20160601  # the fixed draw of the binarised test split
 IW_ROWS = 20_000  # decoder rows per importance-sampling chunk (items x samples): bounds memory
-
-
-def binarize(x: Tensor, generator: torch.Generator) -> Tensor:
-    """One Bernoulli draw per pixel with the grey value ``x`` in [0, 1] as probability."""
-    return torch.bernoulli(x, generator=generator)
 
 
 class VAEObjective(Objective):
@@ -76,6 +71,7 @@ class VAEObjective(Objective):
         self.lr, self.betas, self.fused = lr, betas, bool(fused)
         self.energy_samples = int(energy_samples)
         self.latent_refine, self.refine_weight = bool(latent_refine), float(refine_weight)
+        self.uses_sampler = self.latent_refine  # the sampler refines z in generate only
         self.device = next(model.parameters()).device
         self.fixed_z = torch.randn(64, model.z_dim, device=self.device,
                                    generator=torch.Generator(device=self.device).manual_seed(0))
@@ -196,16 +192,6 @@ class VAEObjective(Objective):
 
     def load_state_dict(self, state: dict) -> None:
         self.fixed_z = state["fixed_z"].to(self.device)
-
-
-def interleave_rows(inputs: Tensor, recon: Tensor, row: int = 8) -> Tensor:
-    """``(N, ...)`` inputs and reconstructions -> ``(2N', ...)`` (N' = N rounded down to a
-    multiple of ``row``): a row of inputs, then their reconstructions, and so on."""
-    row = max(1, min(row, inputs.shape[0]))
-    n = inputs.shape[0] - inputs.shape[0] % row
-    pairs = torch.stack([inputs[:n].reshape(-1, row, *inputs.shape[1:]),
-                         recon[:n].reshape(-1, row, *inputs.shape[1:])], dim=1)
-    return pairs.flatten(0, 2)
 
 
 def manifold_latents(side: int, device: torch.device) -> Tensor:

@@ -1,0 +1,31 @@
+"""The side jobs of a training run, as ordered callbacks (see :mod:`.base`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from omegaconf import DictConfig
+
+from ebmrun.callbacks.base import Callback, RunState
+from ebmrun.callbacks.budget import TimeBudget
+from ebmrun.callbacks.checkpointing import Checkpointer
+from ebmrun.callbacks.diagnostics import Diagnostics
+from ebmrun.callbacks.guard import DivergenceCallback
+from ebmrun.callbacks.periodic_eval import PeriodicEval
+from ebmrun.callbacks.pictures import Pictures
+from ebmrun.callbacks.progress import Progress
+from ebmrun.callbacks.scalars import ScalarLogger
+
+__all__ = ["Callback", "RunState", "default_callbacks"]
+
+
+def default_callbacks(cfg: DictConfig, rewind: Callable[[RunState], None]) -> list[Callback]:
+    """The order matters: the guard first (nothing of a diverged step is logged or saved),
+    the time budget before anything asks whether this is the last step, the checkpoint
+    after the scalars it stores."""
+    trainer = cfg.trainer
+    return [DivergenceCallback(rewind), TimeBudget(trainer.max_minutes),
+            ScalarLogger(trainer.log_every), Diagnostics(trainer.log_every),
+            Pictures(trainer.image_every), PeriodicEval(cfg.eval.every),
+            Checkpointer(trainer.ckpt_every),
+            Progress(trainer.progress, trainer.max_minutes, trainer.log_every)]

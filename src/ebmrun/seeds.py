@@ -1,0 +1,29 @@
+"""The random streams of a run, each derived from ``cfg.seed`` by its own named offset.
+
+Separate streams keep one use of randomness from shifting another's numbers: drawing a
+picture or evaluating never changes what training draws next, so pictures on or off give
+the same weights, and resumed runs stay bit-identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Stream:
+    """``seed(run_seed, index)`` = ``run_seed * stride + offset + index``."""
+
+    offset: int
+    stride: int = 1
+
+    def seed(self, run_seed: int, index: int = 0) -> int:
+        return run_seed * self.stride + self.offset + index
+
+
+MODEL_INIT = Stream(0)           # torch's global generator: weight initialisation
+SAMPLER = Stream(1)              # objective/sampler generator (negatives, replay buffer)
+DATA_ORDER = Stream(2)           # the batch order of every epoch
+EVALUATION = Stream(7)           # samples and noise drawn by evaluation
+PICTURES = Stream(0, 1_000_003)  # one per picture step: index = the step
+FINAL_SAMPLES = Stream(0)        # the samples written after training (as task=sample draws)
