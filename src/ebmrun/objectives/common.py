@@ -81,7 +81,7 @@ class ChainsFromNoise:
     matching, NCE). Mixed in before :class:`Objective`; uses ``self.model``, ``self.data``,
     ``self.sampler`` and ``self.sample_steps``."""
 
-    def noise(self, n: int, generator: torch.Generator) -> Tensor:
+    def chain_starts(self, n: int, generator: torch.Generator) -> Tensor:
         """Uniform starts ``(n, *item_shape)`` in the sampling box."""
         device = next(self.model.parameters()).device
         return uniform_in_box(n, self.data.item_shape, self.data.box, device, generator)
@@ -92,11 +92,12 @@ class ChainsFromNoise:
 
     def generate(self, n: int, *, steps: int | None = None, generator: torch.Generator,
                  snapshot_every: int = 0) -> SampleResult:
-        """``n`` chains from :meth:`noise`, ``steps`` (default ``sample_steps``) steps of
-        the ``sampler`` group."""
+        """``n`` chains from :meth:`chain_starts`, ``steps`` (default ``sample_steps``)
+        steps of the ``sampler`` group."""
         steps = self.sample_steps if steps is None else steps
-        return self.sampler.sample(self.sampling_energy, self.noise(n, generator), steps=steps,
-                                   generator=generator, snapshot_every=snapshot_every)
+        return self.sampler.sample(self.sampling_energy, self.chain_starts(n, generator),
+                                   steps=steps, generator=generator,
+                                   snapshot_every=snapshot_every)
 
     def energy(self, x: Tensor) -> Tensor:
         """The model's energy ``(B,)``."""
