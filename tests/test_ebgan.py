@@ -273,3 +273,23 @@ def test_batchnorm_discriminator_sees_real_and_fake_batches_apart() -> None:
     # energy_real is D's energy of the real batch alone (its own BatchNorm statistics),
     # not of the real half of a real+fake batch.
     assert got["out"]["energy_real"].item() == pytest.approx(got["before"].item(), rel=1e-5)
+
+
+def test_ema_generator_is_used_in_eval_mode_only() -> None:
+    torch.manual_seed(0)
+    model = EBGAN((1, 28, 28), ema=0.5)
+    z = torch.randn(4, 32)
+    with torch.no_grad():
+        for p in model.generator.parameters():
+            p.add_(0.1)
+    before = [p.clone() for p in model.generator_ema.parameters()]
+    model.update_ema()
+    for avg, old, live in zip(model.generator_ema.parameters(), before,
+                              model.generator.parameters()):
+        torch.testing.assert_close(avg, 0.5 * old + 0.5 * live)
+    model.eval()
+    torch.testing.assert_close(model.generate(z), model.generator_ema(z))
+    model.train()
+    torch.testing.assert_close(model.generate(z), model.generator(z))
+    assert not any(p.requires_grad for p in model.generator_ema.parameters())
+    assert EBGAN((1, 28, 28)).generator_ema is None

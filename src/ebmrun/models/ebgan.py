@@ -18,6 +18,7 @@ slip) can never reconstruct the dark half of the range, and training yields nois
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -223,6 +224,10 @@ class EBGAN(nn.Module):
             gradient). ``false`` detaches the target, as the popular PyTorch EBGAN does
             (``mse(D(G(z)), G(z).detach())``): same energy values, G then only moves
             towards images that D reconstructs well.
+        ema: decay of an exponential moving average of the generator's weights, updated
+            after every generator step (0: none). In eval mode (``task=sample``/``eval``,
+            the TensorBoard film) :meth:`generate` uses the average; training uses the
+            live generator.
     """
 
     def __init__(self, item_shape: Sequence[int], arch: str = "conv", z_dim: int = 32,
@@ -233,7 +238,7 @@ class EBGAN(nn.Module):
                  channels_last: bool = False, gen_fc: Sequence[int] = (),
                  disc_norm: bool = False, disc_act: str = "leaky_relu",
                  decoder_out: str = "range", init: str = "default",
-                 target_grad: bool = True) -> None:
+                 target_grad: bool = True, ema: float = 0.0) -> None:
         super().__init__()
         for what, name, known in (("arch", arch, ARCHITECTURES), ("init", init, INITS),
                                   ("disc_act", disc_act, DISC_ACTIVATIONS),
@@ -245,6 +250,8 @@ class EBGAN(nn.Module):
         if not low < high:
             raise ValueError(f"value_range must be [low, high] with low < high, got "
                              f"{list(value_range)}")
+        if not 0.0 <= ema < 1.0:
+            raise ValueError(f"ema must be a decay in [0, 1), got {ema}")
         if z_dim < 1 or code_dim < 1:
             raise ValueError(f"z_dim and code_dim must be >= 1, got {z_dim}, {code_dim}")
         settings = NetSettings(
@@ -260,6 +267,10 @@ class EBGAN(nn.Module):
         self.discriminator = build_discriminator(settings)
         INITS[init](self)
         self.target_grad = bool(target_grad)
+        self.ema = float(ema)
+        # The average is a frozen copy: its parameters are in no optimizer and get no grads.
+        self.generator_ema = (copy.deepcopy(self.generator).requires_grad_(False)
+                              if self.ema > 0 else None)
         # BatchNorm in D makes a training batch's energies depend on each other: the
         # objective then passes real and fake batches separately.
         self.batch_dependent_energy = any(
@@ -291,8 +302,22 @@ class EBGAN(nn.Module):
         return self.discriminator.encoder(self._in(x))
 
     def generate(self, z: Tensor) -> Tensor:
-        """G(z): images ``(B, *item)`` in ``value_range`` from latents ``(B, z_dim)``."""
+        """G(z): images ``(B, *item)`` in ``value_range`` from latents ``(B, z_dim)`` (the
+        averaged generator in eval mode when ``ema`` > 0)."""
+        if self.generator_ema is not None and not self.training:
+            return self.generator_ema(z)
         return self.generator(z)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """Move the averaged generator towards the live one (call after each G step);
+        BatchNorm running statistics are copied, they already are running averages."""
+        if self.generator_ema is None:
+            return
+        for avg, live in zip(self.generator_ema.parameters(), self.generator.parameters()):
+            avg.lerp_(live, 1.0 - self.ema)
+        for avg, live in zip(self.generator_ema.buffers(), self.generator.buffers()):
+            avg.copy_(live)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.energy(x)

@@ -202,6 +202,7 @@ class EBGANObjective(Objective):
         # Only generator gradients: D's parameter grads are neither needed nor kept.
         loss_g.backward(inputs=list(self.model.generator.parameters()))
         self._opt_g.step()
+        self.model.update_ema()
         return {"loss_g": loss_g.detach(), "pt": pt.detach()}
 
     def latent_energy(self, z: Tensor) -> Tensor:
