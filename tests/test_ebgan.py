@@ -130,7 +130,8 @@ def test_tiny_training_run_logs_everything(tmp_path: Path, data_root: Path) -> N
         assert math.isfinite(metrics[key]), key
     assert 0.0 <= metrics["hinge_active"] <= 1.0
     ckpt = load_checkpoint(tmp_path)
-    assert len(ckpt["optimizers"]) == 2 and ckpt["objective"]["fixed_z"].shape == (64, 32)
+    assert len(ckpt["optimizers"]) == 2 and ckpt["objective"]["fixed_z"].shape == (
+        64, ckpt["config"]["model"]["net"]["z_dim"])
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0}).Reload()
     images = set(events.Tags()["images"])
     assert {"images/samples_fixed_z", "images/reconstruction_real",
