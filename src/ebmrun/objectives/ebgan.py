@@ -176,13 +176,12 @@ class EBGANObjective(Objective):
         return out
 
     def _d_update(self, x: Tensor, fake: Tensor) -> dict[str, Tensor]:
-        # One discriminator pass over real and fake together (no BatchNorm in D, so the
-        # energies are the same as two separate passes; one pass is faster).
         if getattr(self.model, "batch_dependent_energy", False):
-            # BatchNorm in D: real and fake batches get their own statistics.
+            # BatchNorm in D: real and fake batches get their own statistics (as in the
+            # short script); a joint pass would mix them.
             e_real, _ = self.model.energy_and_code(x)
             e_fake, _ = self.model.energy_and_code(fake)
-        else:
+        else:  # no BatchNorm in D: one joint pass gives the same energies, faster
             energies, _ = self.model.energy_and_code(torch.cat([x, fake]))
             e_real, e_fake = energies[: x.shape[0]], energies[x.shape[0]:]
         loss_d, active = margin_loss(e_real, e_fake, self.margin)
