@@ -10,7 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ebmrun.build import build_components, validate_config
+from ebmrun.build import build_components, optim_settings, validate_config
 from ebmrun.checkpoint import load_checkpoint
 from ebmrun.models.ebgan import EBGAN, ToRange
 from ebmrun.objectives.base import DataInfo
@@ -130,7 +130,8 @@ def test_tiny_training_run_logs_everything(tmp_path: Path, data_root: Path) -> N
         assert math.isfinite(metrics[key]), key
     assert 0.0 <= metrics["hinge_active"] <= 1.0
     ckpt = load_checkpoint(tmp_path)
-    assert len(ckpt["optimizers"]) == 2 and ckpt["objective"]["fixed_z"].shape == (64, 32)
+    assert len(ckpt["optimizers"]) == 2 and ckpt["objective"]["fixed_z"].shape == (
+        64, ckpt["config"]["model"]["net"]["z_dim"])
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0}).Reload()
     images = set(events.Tags()["images"])
     assert {"images/samples_fixed_z", "images/reconstruction_real",
@@ -202,3 +203,74 @@ def test_family_keys_apply_to_a_saved_run_without_plus(tmp_path: Path) -> None:
     run_ok([f"resume={run}", "model.objective.margin=0.5", "trainer.max_steps=6"], tmp_path)
     ckpt = load_checkpoint(run)
     assert ckpt["step"] == 6 and ckpt["config"]["model"]["objective"]["margin"] == 0.5
+
+
+# ---- recipe options (issue 14: the short-script recipe and its ablations) ----------------
+
+INFOGAN = dict(z_dim=62, gen_fc=[1024], gen_channels=[128, 64], disc_channels=[64],
+               disc_norm=True, disc_act="relu", decoder_out="linear")
+
+
+def test_infogan_shaped_nets() -> None:
+    model = EBGAN((1, 28, 28), **INFOGAN)
+    layers = [type(m).__name__ for m in model.generator]
+    assert layers[:6] == ["Linear", "BatchNorm1d", "ReLU"] * 2
+    assert model.generator[0].out_features == 1024 and model.generator[3].out_features == 6272
+    assert model.batch_dependent_energy and not EBGAN((1, 28, 28)).batch_dependent_energy
+    x = torch.rand(4, 1, 28, 28) * 2 - 1
+    recon, code = model.reconstruct(x)
+    assert recon.shape == x.shape and code.shape == (4, 32)
+    assert model.generate(torch.randn(4, 62)).shape == x.shape
+    with pytest.raises(ValueError, match="unknown ebgan init 'xavier'"):
+        EBGAN((1, 28, 28), init="xavier")
+
+
+def test_dcgan_init_draws_small_weights_and_zero_biases() -> None:
+    torch.manual_seed(0)
+    model = EBGAN((1, 28, 28), init="dcgan", **INFOGAN)
+    big = model.generator[3]  # Linear 1024 -> 6272: enough weights for a tight std
+    assert big.weight.std().item() == pytest.approx(0.02, rel=0.02)
+    assert model.discriminator.encoder[0].bias.abs().max().item() == 0.0
+    default = EBGAN((1, 28, 28), **INFOGAN).generator[3].weight.std().item()
+    assert default == pytest.approx(1 / math.sqrt(3 * 1024), rel=0.05)  # kaiming-uniform(√5)
+
+
+def test_target_grad_false_detaches_only_the_target() -> None:
+    torch.manual_seed(0)
+    exact, detached = EBGAN((1, 28, 28)), EBGAN((1, 28, 28), target_grad=False)
+    detached.load_state_dict(exact.state_dict())
+    x = (torch.rand(3, 1, 28, 28) * 2 - 1).requires_grad_()
+    e_exact, e_det = exact.energy(x), detached.energy(x)
+    torch.testing.assert_close(e_exact, e_det)  # the same energy values
+    g_exact, = torch.autograd.grad(e_exact.sum(), x)
+    g_det, = torch.autograd.grad(e_det.sum(), x)
+    recon, _ = exact.reconstruct(x)
+    # the exact gradient adds ∂/∂x of the target term: −2 (recon − x) / D per pixel
+    torch.testing.assert_close(g_exact - g_det, -2 * (recon - x).detach() / x[0].numel())
+
+
+def _step_counting_generator_calls(fresh_z: bool, disc_norm: bool) -> tuple[int, dict]:
+    cfg = compose_config(["model=ebgan", "device=cpu", f"model.objective.fresh_z={fresh_z}",
+                          f"model.net.disc_norm={disc_norm}"])
+    objective = build_components(cfg, MNIST).objective
+    objective.configure_optimizers(optim_settings(cfg))
+    calls = []
+    objective.model.generator.register_forward_hook(lambda *_: calls.append(1))
+    x = torch.rand(8, 1, 28, 28) * 2 - 1
+    before = objective.model.energy(x).mean() if disc_norm else None
+    out = objective.training_step(x)
+    return len(calls), {"out": out, "before": before}
+
+
+@pytest.mark.parametrize("fresh_z", [False, True])
+def test_fresh_z_draws_new_latents_for_the_generator_step(fresh_z: bool) -> None:
+    calls, _ = _step_counting_generator_calls(fresh_z, disc_norm=False)
+    assert calls == (2 if fresh_z else 1)
+
+
+def test_batchnorm_discriminator_sees_real_and_fake_batches_apart() -> None:
+    torch.manual_seed(0)
+    _, got = _step_counting_generator_calls(False, disc_norm=True)
+    # energy_real is D's energy of the real batch alone (its own BatchNorm statistics),
+    # not of the real half of a real+fake batch.
+    assert got["out"]["energy_real"].item() == pytest.approx(got["before"].item(), rel=1e-5)

@@ -81,6 +81,8 @@ class EBGANObjective(Objective):
         prior: ``normal`` | ``uniform`` (on [-1, 1]) latent prior, see :data:`PRIORS`.
         lr_g / lr_d: learning rates (``null`` = ``optim.lr``); betas likewise.
         d_steps / g_steps: discriminator and generator updates per batch (the ratio).
+        fresh_z: the generator step draws new latents instead of reusing the fakes the
+            discriminator just saw (one more generator forward pass per step).
         latent_refine: ``generate`` (``task=sample``) refines z by the sampler on the latent
             energy ``refine_weight · D(G(z)) + E_prior(z)`` (½‖z‖² for ``normal``) before
             decoding. The configured sampler's box is sized for data, not latents, so a
@@ -99,7 +101,8 @@ class EBGANObjective(Objective):
                  generator: torch.Generator, margin: float = 1.0, pt_weight: float = 0.1,
                  prior: str = "normal", lr_g: float | None = None, lr_d: float | None = None,
                  betas_g: list[float] | None = None, betas_d: list[float] | None = None,
-                 d_steps: int = 1, g_steps: int = 1, latent_refine: bool = False,
+                 d_steps: int = 1, g_steps: int = 1, fresh_z: bool = False,
+                 latent_refine: bool = False,
                  refine_weight: float = 100.0, n_fixed: int = 64) -> None:
         super().__init__(model, data, generator)
         if prior not in PRIORS:
@@ -118,6 +121,7 @@ class EBGANObjective(Objective):
         self.lr = {"g": lr_g, "d": lr_d}
         self.betas = {"g": betas_g, "d": betas_d}
         self.d_steps, self.g_steps = int(d_steps), int(g_steps)
+        self.fresh_z = bool(fresh_z)
         self.latent_refine, self.refine_weight = bool(latent_refine), float(refine_weight)
         self.uses_sampler = self.latent_refine  # the sampler refines z in generate only
         self.device = next(model.parameters()).device
@@ -148,12 +152,12 @@ class EBGANObjective(Objective):
         for i in range(self.d_steps):
             # The last fake batch keeps its graph: the first G loss reuses it, saving a
             # generator forward pass per step.
-            with torch.set_grad_enabled(i == self.d_steps - 1):
+            with torch.set_grad_enabled(i == self.d_steps - 1 and not self.fresh_z):
                 fake = self.model.generate(self.draw_z(batch, self.generator))
             loss_d, d_out = self._d_loss(x, fake.detach())
             yield "d", loss_d
         for j in range(self.g_steps):
-            if j > 0:
+            if j > 0 or self.fresh_z:
                 fake = self.model.generate(self.draw_z(batch, self.generator))
             loss_g, g_out = self._g_loss(fake)
             yield "g", loss_g
@@ -164,10 +168,14 @@ class EBGANObjective(Objective):
         return out
 
     def _d_loss(self, x: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        # One discriminator pass over real and fake together (no BatchNorm in D, so the
-        # energies are the same as two separate passes; one pass is faster).
-        energies, _ = self.model.energy_and_code(torch.cat([x, fake]))
-        e_real, e_fake = energies[: x.shape[0]], energies[x.shape[0]:]
+        if getattr(self.model, "batch_dependent_energy", False):
+            # BatchNorm in D: real and fake batches get their own statistics (as in the
+            # short script); a joint pass would mix them.
+            e_real, _ = self.model.energy_and_code(x)
+            e_fake, _ = self.model.energy_and_code(fake)
+        else:  # no BatchNorm in D: one joint pass gives the same energies, faster
+            energies, _ = self.model.energy_and_code(torch.cat([x, fake]))
+            e_real, e_fake = energies[: x.shape[0]], energies[x.shape[0]:]
         loss_d, active = margin_loss(e_real, e_fake, self.margin)
         self._last = {"energy/real": e_real.detach(), "energy/fake": e_fake.detach()}
         return loss_d, {"loss_d": loss_d.detach(), "energy_real": e_real.mean().detach(),
