@@ -22,7 +22,7 @@ install: $(BIN)/ebmrun  ## create .venv and install ebmrun (editable) with test 
 data: install  ## download MNIST / Fashion-MNIST into $EBMRUN_DATA_DIR if missing (md5-checked)
 	@$(BIN)/python -m ebmrun.data.fetch
 
-run: data  ## train the default model (deep EBM on MNIST, ~10 min on a laptop CPU)
+run: data  ## train the default model (deep EBM on MNIST, 2,000 steps: ~19 min on 2 CPU cores)
 	$(BIN)/ebmrun
 
 test: data  ## run the test suite (fast tests; no GPU; network only if data is missing)
