@@ -7,8 +7,10 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+import hydra
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from ebmrun.build import build_components, validate_config
@@ -63,9 +65,17 @@ class TinyEnergy(nn.Module):
         return self.net(x).squeeze(-1) + 0.5 * x.flatten(1).pow(2).sum(1)
 
 
+# Sampler configs that are a family's settings of another sampler's class, not a sampler.
+PRESETS: dict[str, type[Sampler]] = {"drl_langevin": Langevin}  # model=drl's per-level chain
+
+
 def test_every_sampler_class_is_covered_and_configured() -> None:
     configs = {p.stem for p in (Path(CONFIG_DIR) / "sampler").glob("*.yaml")}
-    assert configs == set(SAMPLERS) | set(STRUCTURED_SAMPLERS)  # gibbs: tests/test_rbm.py
+    # gibbs: tests/test_rbm.py
+    assert configs == set(SAMPLERS) | set(STRUCTURED_SAMPLERS) | set(PRESETS)
+    for name, cls in PRESETS.items():
+        target = OmegaConf.load(Path(CONFIG_DIR) / "sampler" / f"{name}.yaml")._target_
+        assert hydra.utils.get_class(target) is cls, name
     covered = {type(factory()) for factory in FAST.values()}
     assert covered == set(SAMPLERS.values())
 
