@@ -16,7 +16,7 @@ from ebmrun.models.ebgan import EBGAN, ToRange
 from ebmrun.objectives.base import DataInfo
 from ebmrun.objectives.ebgan import (EBGANObjective, margin_loss, pulling_away_term,
                                      with_box)
-from ebmrun.run import train
+from ebmrun.run import train, training_step
 from ebmrun.samplers.langevin import Langevin
 
 from conftest import compose_config, run_ok
@@ -253,12 +253,12 @@ def _step_counting_generator_calls(fresh_z: bool, disc_norm: bool) -> tuple[int,
     cfg = compose_config(["model=ebgan", "device=cpu", f"model.objective.fresh_z={fresh_z}",
                           f"model.net.disc_norm={disc_norm}"])
     objective = build_components(cfg, MNIST).objective
-    objective.configure_optimizers(optim_settings(cfg))
+    optimizers = objective.configure_optimizers(optim_settings(cfg))
     calls = []
     objective.model.generator.register_forward_hook(lambda *_: calls.append(1))
     x = torch.rand(8, 1, 28, 28) * 2 - 1
     before = objective.model.energy(x).mean() if disc_norm else None
-    out = objective.training_step(x)
+    out = training_step(objective, optimizers, x, None)
     return len(calls), {"out": out, "before": before}
 
 
