@@ -206,10 +206,11 @@ def test_run_hparams_leave_out_what_does_not_apply() -> None:
                        overrides=overrides)
     assert deep["sampler"] == "Langevin" and "sampler.steps" in deep
     assert deep["model.net.mlp_hidden"] == [8] and "device" not in deep
-    ebgan = run_hparams(compose_config(["model=ebgan"]), sampler_used=False,
+    ebgan_cfg = compose_config(["model=ebgan", "model.objective.margin=0.7"])
+    ebgan = run_hparams(ebgan_cfg, sampler_used=False,
                         overrides=["sampler.steps=5"])
     assert not [k for k in ebgan if k.startswith("sampler")]
-    assert ebgan["model.objective.margin"] == 0.3
+    assert ebgan["model.objective.margin"] == 0.7
 
 
 def test_job_names_keep_only_the_swept_keys() -> None:
