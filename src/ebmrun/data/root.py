@@ -71,14 +71,6 @@ def missing_files_error(dataset: str, root: Path, missing: Sequence[str], folder
         f"{DATA_DIR_ENV}=<dir>) at a root that has them, {fetch}")
 
 
-def require_files(dataset: str, root: Path, required: Sequence[str], folder: str,
-                  suffixes: Sequence[str] = ("",), note: str = "") -> None:
-    """Raise :func:`missing_files_error` if any of ``required`` is absent under ``root``."""
-    missing = missing_files(root, required, suffixes)
-    if missing:
-        raise missing_files_error(dataset, root, missing, folder, note)
-
-
 def as_range(value: Sequence[float], what: str) -> tuple[float, float]:
     """``value`` (a tuple, or the list Hydra passes) as a ``(low, high)`` float pair with
     ``low < high``; UserError naming the config field ``what`` otherwise."""

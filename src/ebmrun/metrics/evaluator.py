@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ebmrun.checkpoint import atomic_torch_save
 from ebmrun.errors import UserError
 from ebmrun.metrics.evaluator_training import RECIPES, recipe_for, train_evaluator
 
@@ -129,19 +130,14 @@ def evaluator_path(dataset: str, cache_dir: str | os.PathLike | None = None) -> 
 
 
 def save_evaluator(model: Evaluator, path: Path, seed: int, **extra: object) -> None:
-    """Write ``model`` to ``path`` atomically (temp file in the same dir, then os.replace),
+    """Write ``model`` to ``path`` atomically (:func:`ebmrun.checkpoint.atomic_torch_save`),
     so a concurrent reader never sees a half-written file. ``extra``: plain values (numbers,
     strings) recorded beside the weights, e.g. how they were trained."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     payload = {"state_dict": state, "test_accuracy": model.test_accuracy,
                "dataset": model.dataset, "seed": seed, "version": EVALUATOR_VERSION, **extra}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_torch_save(payload, path)
     model.digest = weights_digest(state)
 
 

@@ -16,6 +16,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ebmrun.errors import UserError
+from ebmrun.objectives.common import random_shift as shift_images
 
 
 @dataclass(frozen=True)
@@ -51,21 +52,9 @@ def recipe_for(dataset: str) -> EvaluatorRecipe:
 
 def random_shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
     """Translate each image of ``x`` ``(N, C, H, W)`` by its own integer offset in
-    ``[-max_shift, max_shift]`` on both axes, filling with the background value -1.
-
-    Done with one padded gather rather than per-image loops or PIL, so it is cheap.
-    """
-    if max_shift <= 0:
-        return x
-    n, c, h, w = x.shape
-    padded = F.pad(x, (max_shift,) * 4, value=-1.0)
-    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]  # (N, 1, H, 1)
-    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]  # (N, 1, 1, W)
-    batch = torch.arange(n)[:, None, None, None]
-    chan = torch.arange(c)[None, :, None, None]
-    return padded[batch, chan, rows, cols]
+    ``[-max_shift, max_shift]`` on both axes, filling with the background value -1
+    (:func:`ebmrun.objectives.common.random_shift`, the one implementation)."""
+    return x if max_shift <= 0 else shift_images(x, max_shift, generator, fill=-1.0)
 
 
 def train_evaluator(dataset: str, root: str | None, seed: int = 0):
