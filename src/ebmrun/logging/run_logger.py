@@ -182,12 +182,6 @@ class RunLogger:
         _, _, end = hparams_summaries({}, {})  # SessionEndInfo(STATUS_SUCCESS)
         self.writer.file_writer.add_summary(end, step)
 
-    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, Any]) -> None:
-        """:meth:`start_session` + :meth:`final_metrics` (metrics named as ``final/<key>``
-        of the training window or ``final/eval/<key>``, as the runner passes them)."""
-        self.start_session(hparams)
-        self.final_metrics(metrics)
-
     def flush(self) -> None:
         self.writer.flush()
 
