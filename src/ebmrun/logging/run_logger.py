@@ -191,9 +191,10 @@ class RunLogger:
 
 def final_tag(name: str) -> str:
     """The tag of a final metric: ``final/eval/x`` and ``eval/x`` -> ``eval/x``; a training
-    output ``final/energy_sample`` -> ``train/energy/samples``; tags with a known group
-    prefix (``perf/``, ``grad/``, ``buffer/``, ``lr/``, ``train/``) stay."""
+    output ``final/energy_sample`` -> ``train/energy/samples`` (``final/buffer/age_mean`` ->
+    ``train/buffer/age_mean``); tags with a known group prefix (``perf/``, ``grad/``,
+    ``quality/``, ``lr/``, ``train/``) stay."""
     name = name.removeprefix("final/")
-    if name.split("/", 1)[0] in ("eval", "train", "perf", "grad", "buffer", "lr"):
+    if name.split("/", 1)[0] in ("eval", "train", "perf", "grad", "quality", "lr"):
         return name
     return "train/" + tag_scheme.canonical(name)

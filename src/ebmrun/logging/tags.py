@@ -9,7 +9,8 @@ has the table):
   E(clean)); ``energy/samples``: of the model's negatives (MCMC samples, G(z), RBM chains);
   ``energy/gap`` = ``energy/samples`` − ``energy/data``; ``energy/margin``: EBGAN's m.
 - ``loss`` (what is optimised) and ``loss/<term>`` for its parts.
-- ``lr/<network>``, ``sampler/<stat>``, ``grad/<stat>``, ``perf/<stat>``, ``buffer/<stat>``.
+- ``lr/<network>``, ``sampler/<stat>``, ``buffer/<stat>`` (training outputs, logged under
+  ``train/``), ``grad/<stat>``, ``perf/<stat>``, ``quality/<stat>`` (the runner's own).
 
 :func:`layout` turns the tags a run has logged into TensorBoard's custom-scalars layout:
 E(data) vs E(samples) (with EBGAN's margin), the gap, train vs held-out energy, the loss
@@ -95,7 +96,8 @@ CHARTS: dict[str, tuple[Chart, ...]] = {
         Chart("learning rates", (r"^lr/.*$",)),
         Chart("gradient norm and clipping", (r"^grad/.*$",)),
         Chart("sampler during training", (r"^train/sampler/.*$",)),
-        Chart("replay buffer", (r"^buffer/.*$",)),
+        Chart("replay buffer: age of the negatives (sampler runs), share restarted from noise",
+              (r"^train/buffer/.*$",)),
         Chart("speed", (r"^perf/.*$",)),
     ),
     "evaluation": (

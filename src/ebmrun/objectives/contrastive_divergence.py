@@ -33,7 +33,7 @@ class ContrastiveDivergence(ChainsFromNoise, Objective):
     """
 
     train_metrics = ("loss", "loss_cd", "loss_reg", "energy_data", "energy_sample",
-                     "energy_gap", "sampler/*")
+                     "energy_gap", "sampler/*", "buffer/age_mean", "buffer/reinit_share")
 
     def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,
                  generator: torch.Generator, alpha: float = 0.1, data_noise_std: float = 0.005,
@@ -87,6 +87,9 @@ class ContrastiveDivergence(ChainsFromNoise, Objective):
             # Acceptance and (adapted) step size: constant for Langevin, telling for MH samplers.
             **{f"sampler/{k}": chains.stats[k] for k in ("acceptance_rate", "step_size")
                if k in chains.stats},
+            # Persistent chains only: how old the negatives are, how many restarted.
+            **({f"buffer/{k}": v for k, v in self.buffer.stats().items()}
+               if self.persistent else {}),
         }
 
     def visuals(self, generator: torch.Generator) -> dict[str, Tensor]:
