@@ -52,6 +52,12 @@ class TrainerConfig:
     log_every: int = 10
     image_every: int = 250
     ckpt_every: int = 250
+    # A cheap sample-quality curve (MNIST-like data): quality/frechet of quality_samples
+    # samples every quality_every steps (0/null: off); quality_steps: sampler steps for
+    # them (null: the family's default). See ebmrun.callbacks.quality.
+    quality_every: Optional[int] = 1000
+    quality_samples: int = 200
+    quality_steps: Optional[int] = None
     grad_clip: Optional[float] = "${model.grad_clip}"  # type: ignore[assignment]  # the family's
     objective_metric: str = "loss"
     progress: bool = True
@@ -181,6 +187,9 @@ VALUE_CHECKS: list[tuple[str, Any, str]] = [
     ("trainer.log_every", _positive, "a positive integer"),
     ("trainer.image_every", _positive, "a positive integer"),
     ("trainer.ckpt_every", _positive, "a positive integer"),
+    ("trainer.quality_every", lambda v: v is None or v >= 0, "null, 0 or a positive integer"),
+    ("trainer.quality_samples", lambda v: v >= 2, "an integer >= 2"),
+    ("trainer.quality_steps", lambda v: v is None or v >= 0, "null or an integer >= 0"),
     ("trainer.grad_clip", lambda v: v is None or v > 0, "null or > 0"),
     ("trainer.on_divergence", lambda v: v in ("stop", "rollback"), "stop or rollback"),
     ("trainer.divergence.max_abs_energy", lambda v: v is None or v > 0, "null or > 0"),

@@ -25,5 +25,6 @@ MODEL_INIT = Stream(0)           # torch's global generator: weight initialisati
 SAMPLER = Stream(1)              # objective/sampler generator (negatives, replay buffer)
 DATA_ORDER = Stream(2)           # the batch order of every epoch
 EVALUATION = Stream(7)           # samples and noise drawn by evaluation
+QUALITY = Stream(11)             # the quality probe: the same draw at every probe step
 PICTURES = Stream(0, 1_000_003)  # one per picture step: index = the step
 FINAL_SAMPLES = Stream(0)        # the samples written after training (as task=sample draws)

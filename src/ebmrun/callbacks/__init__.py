@@ -14,6 +14,7 @@ from ebmrun.callbacks.guard import DivergenceCallback
 from ebmrun.callbacks.periodic_eval import PeriodicEval
 from ebmrun.callbacks.pictures import Pictures
 from ebmrun.callbacks.progress import Progress
+from ebmrun.callbacks.quality import QualityProbe
 from ebmrun.callbacks.scalars import ScalarLogger
 
 __all__ = ["Callback", "RunState", "default_callbacks"]
@@ -27,5 +28,6 @@ def default_callbacks(cfg: DictConfig, rewind: Callable[[RunState], None]) -> li
     return [DivergenceCallback(rewind), TimeBudget(trainer.max_minutes),
             ScalarLogger(trainer.log_every), Diagnostics(trainer.log_every),
             Pictures(trainer.image_every), PeriodicEval(cfg.eval.every),
+            QualityProbe(trainer.quality_every, trainer.quality_samples, trainer.quality_steps),
             Checkpointer(trainer.ckpt_every),
             Progress(trainer.progress, trainer.max_minutes, trainer.log_every)]

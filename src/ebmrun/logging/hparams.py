@@ -21,8 +21,8 @@ COMMON_KEYS = ("model.name", "dataset.name", "seed", "trainer.batch_size", "trai
                "optim.lr_decay")
 # Overrides that change where or how fast a run goes, not what it learns.
 NOT_HPARAMS = ("ckpt", "resume", "device", "trainer.progress", "trainer.log_every",
-               "trainer.image_every", "trainer.ckpt_every", "sweep.", "hparams_search",
-               "hydra.", "eval.", "sample.", "task")
+               "trainer.image_every", "trainer.ckpt_every", "trainer.quality_", "sweep.",
+               "hparams_search", "hydra.", "eval.", "sample.", "task")
 
 
 def _leaves(node: Any, prefix: str) -> dict[str, Any]:
