@@ -50,8 +50,8 @@ def _state(run_dir: Path) -> dict[str, torch.Tensor]:
     flat.update({f"objective.{k}": v for k, v in ckpt["objective"].items()
                  if torch.is_tensor(v)})
     buffer = ckpt["objective"].get("buffer")
-    if buffer is not None:
-        flat["buffer"] = buffer["data"]
+    if buffer is not None:  # the chains and their ages
+        flat.update({f"buffer.{k}": v for k, v in buffer.items()})
     flat["step"] = torch.tensor(ckpt["step"])
     return flat
 

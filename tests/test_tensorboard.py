@@ -31,6 +31,9 @@ from ebmrun.logging.hparams import run_hparams
 from ebmrun.run import train
 
 EBGAN = ["model=ebgan", *[o for o in TINY if "objective" not in o]]
+# The quality probe on at every log step for the deep EBM (few, short chains: ~2 s, mostly
+# the evaluator's reference features), explicitly off for EBGAN.
+QUALITY_ON = ["trainer.quality_every=2", "trainer.quality_samples=16", "trainer.quality_steps=2"]
 SWEEP_RUNS = ("sweep/0_optim.lr=0.0001", "sweep/1_optim.lr=0.0003")
 
 
@@ -50,7 +53,8 @@ def _get(url: str, body: dict | None = None):
 @pytest.fixture(scope="module")
 def logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tb")
-    for name, overrides in (("deep_ebm", ["model=deep_ebm", *TINY]), ("ebgan", EBGAN)):
+    for name, overrides in (("deep_ebm", ["model=deep_ebm", *TINY, *QUALITY_ON]),
+                            ("ebgan", [*EBGAN, "trainer.quality_every=0"])):
         cfg = compose_config(overrides)
         validate_config(cfg)
         train(cfg, root / name)
@@ -158,6 +162,71 @@ def test_learning_rates_by_network_and_run_performance(server: str) -> None:
                          else {"grad/norm/model", "grad/clipped/model"}), run
     images = _get(f"{server}/data/plugin/images/tags")["deep_ebm"]
     assert "energy/data_vs_samples" in images
+
+
+def test_buffer_statistics_and_quality_probe_are_logged(server: str) -> None:
+    scalar_tags = _get(f"{server}/data/plugin/scalars/tags")
+    buffer = {"train/buffer/age_mean", "train/buffer/reinit_share"}
+    quality = {"quality/frechet", "quality/frechet_real_floor"}
+    assert buffer | quality <= set(scalar_tags["deep_ebm"])
+    assert not (buffer | quality) & set(scalar_tags["ebgan"])  # no buffer; probe off
+    for run in SWEEP_RUNS:  # 2 steps, default quality_every=1000: the probe never ran
+        assert buffer <= set(scalar_tags[run]) and not quality & set(scalar_tags[run]), run
+    points = {tag: _get(f"{server}/data/plugin/scalars/scalars?" + urllib.parse.urlencode(
+        {"run": "deep_ebm", "tag": tag})) for tag in buffer | quality}
+    ages = [p[2] for p in points["train/buffer/age_mean"]]
+    # 16 of 64 slots drawn per step: the negatives' mean age starts at 1 and grows.
+    assert [p[1] for p in points["train/buffer/age_mean"]] == [2, 4] and 1 <= ages[0] < ages[1]
+    assert all(0 <= p[2] <= 1 for p in points["train/buffer/reinit_share"])
+    assert [p[1] for p in points["quality/frechet"]] == [2, 4]
+    assert all(p[2] > 0 for tag in quality for p in points[tag])
+    layout = _get(f"{server}/data/plugin/custom_scalars/layout")
+    titles = [c["title"] for cat in layout["category"] for c in cat["chart"]]
+    assert any(t.startswith("replay buffer") for t in titles)
+    assert any(t.startswith("quality probe") for t in titles)
+
+
+def test_quality_probe_leaves_training_unchanged(logdir: Path, tmp_path: Path) -> None:
+    """The deep EBM of the logdir probed quality every 2 steps; without the probe the same
+    run ends with the same weights, replay buffer (and ages) and random states."""
+    cfg = compose_config(["model=deep_ebm", *TINY, "trainer.quality_every=0"])
+    train(cfg, tmp_path)
+    on = torch.load(logdir / "deep_ebm" / "last.pt", weights_only=True)
+    off = torch.load(tmp_path / "last.pt", weights_only=True)
+    for part in ("model", "rng"):
+        assert on[part].keys() == off[part].keys()
+        assert all(torch.equal(on[part][k], off[part][k]) for k in on[part]), part
+    for key in ("data", "ages"):
+        assert torch.equal(on["objective"]["buffer"][key], off["objective"]["buffer"][key])
+
+
+def test_buffer_ages_follow_the_chains_and_resume(tmp_path: Path) -> None:
+    """Ages count sampler runs since the start from noise; a buffer saved and loaded
+    (weights_only) mid-run continues exactly like the one that was not."""
+    from ebmrun.objectives.replay_buffer import ReplayBuffer
+
+    def buffer() -> ReplayBuffer:
+        return ReplayBuffer(8, (2,), (-1.0, 1.0), torch.device("cpu"),
+                            torch.Generator().manual_seed(0))
+
+    def step(buf: ReplayBuffer, reinit: float) -> dict[str, float]:
+        x0, idx = buf.draw(8, reinit)
+        buf.push(idx, x0 + 0.1)
+        return {k: float(v) for k, v in buf.stats().items()}
+
+    a = buffer()
+    assert step(a, 0.0) == {"age_mean": 1.0, "reinit_share": 0.0}  # all 8 slots, from age 0
+    assert step(a, 0.0) == {"age_mean": 2.0, "reinit_share": 0.0}
+    assert step(a, 1.0) == {"age_mean": 1.0, "reinit_share": 1.0}  # all restarted
+    step(a, 0.5)
+    torch.save(a.state_dict(), tmp_path / "buffer.pt")
+    b = buffer()
+    b.load_state_dict(torch.load(tmp_path / "buffer.pt", weights_only=True))
+    b.generator.set_state(a.generator.get_state())
+    for _ in range(3):
+        assert step(a, 0.5) == step(b, 0.5)
+    assert torch.equal(a.ages, b.ages) and torch.equal(a.data, b.data)
+    assert int(a.ages.max()) <= 7
 
 
 def test_run_names_lead_with_the_swept_value(server: str) -> None:

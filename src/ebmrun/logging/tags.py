@@ -103,6 +103,8 @@ CHARTS: dict[str, tuple[Chart, ...]] = {
     "evaluation": (
         Chart("sample quality: Fréchet distance vs the real-vs-real floor",
               (r"^eval/samples/frechet.*$",)),
+        Chart("quality probe while training: FD of a few samples vs its floor",
+              (r"^quality/frechet.*$",)),
         Chart("anomaly AUROC of E(x)", (r"^eval/ood/.*$",)),
         Chart("2-D: test NLL and KL(target || model)", (r"^eval/density/(test_nll|kl.*)$",)),
     ),
