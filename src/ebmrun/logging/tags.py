@@ -96,8 +96,10 @@ CHARTS: dict[str, tuple[Chart, ...]] = {
         Chart("learning rates", (r"^lr/.*$",)),
         Chart("gradient norm and clipping", (r"^grad/.*$",)),
         Chart("sampler during training", (r"^train/sampler/.*$",)),
-        Chart("replay buffer: age of the negatives (sampler runs), share restarted from noise",
-              (r"^train/buffer/.*$",)),
+        Chart("replay buffer: mean age of the negatives (sampler runs since noise)",
+              (r"^train/buffer/age_mean$",)),
+        Chart("replay buffer: share of the negatives restarted from noise",
+              (r"^train/buffer/reinit_share$",)),
         Chart("speed", (r"^perf/.*$",)),
     ),
     "evaluation": (
