@@ -10,7 +10,8 @@ generate new samples, rank 0 logs
   :data:`REFERENCE_TEST` test images;
 - ``quality/frechet_real_floor``: the same distance for as many real training images, the
   value a perfect sampler would get with this few samples (the FD of a small sample is
-  biased upwards; compare the curve with its floor, not with ``eval/samples/frechet``).
+  biased upwards: compare the curve with its floor and its earlier points, not with an
+  ``eval/samples/frechet`` of more samples).
 
 The reference statistics and the floor are computed once per process (about 2 s on one
 CPU thread). Each probe draws from the same seed (:data:`ebmrun.seeds.QUALITY`), so the
@@ -20,8 +21,6 @@ if any, from a generator of its own, with torch's global random state restored a
 """
 
 from __future__ import annotations
-
-import time
 
 import torch
 from torch import Tensor
@@ -47,7 +46,6 @@ class QualityProbe(Callback):
         self.evaluator: Evaluator | None = None
         self.reference: tuple[Tensor, Tensor] | None = None  # test features' (mu, sigma)
         self.floor = float("nan")
-        self.seconds = 0.0  # time spent probing (scripts/bench.py --loop reports it)
 
     def applies(self, run: RunState) -> bool:
         data = run.data
@@ -63,9 +61,7 @@ class QualityProbe(Callback):
     def on_step(self, run: RunState, x: Tensor, out: dict) -> None:
         if not self.every or not self.due(run) or not self.applies(run):
             return
-        start = time.perf_counter()
         run.logger.scalars(self.measure(run), run.step)
-        self.seconds += time.perf_counter() - start
 
     def _prepare(self, run: RunState) -> None:
         """The evaluator, the reference statistics and the real-vs-real floor (once)."""
