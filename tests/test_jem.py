@@ -126,14 +126,17 @@ def test_sum_of_energies_samples_the_product_density() -> None:
 
 def test_sample_label_and_compose(tmp_path: Path) -> None:
     """task=sample on a JEM checkpoint: sample.label=[1,7] writes the conditional grid and
-    the evaluator's per-label accuracy; compose.labels=[1,7] the shares of both labels."""
+    the evaluator's per-label accuracy; compose.labels=[1,7] the shares of both labels;
+    compose.ckpts adds a second checkpoint's E(x) (here negated: 2 E(x, 1) - E(x))."""
     import json
 
     train(compose_config([*SMALL, "trainer.max_steps=4"]), tmp_path / "run")
     ckpt = load_checkpoint(tmp_path / "run")
     for name, overrides in (("label", ["sample.n=20", "sample.label=[1,7]"]),
                             ("compose", ["sample.n=8", "compose.labels=[1,7]",
-                                         "compose.weights=[1,0.5]"])):
+                                         "compose.weights=[1,0.5]"]),
+                            ("two", ["sample.n=4", f"compose.ckpts=[{tmp_path / 'run'}]",
+                                     "compose.labels=[1,-1]", "compose.weights=[2,-1]"])):
         overrides = ["task=sample", f"ckpt={tmp_path / 'run'}", "sample.steps=3", *overrides]
         cfg = merge_overrides(ckpt["config"], compose_config(overrides), overrides)
         (tmp_path / name).mkdir()
@@ -146,6 +149,8 @@ def test_sample_label_and_compose(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "compose" / "metrics.json").read_text())
     assert metrics["compose"] == [{"weight": 1.0, "label": 1}, {"weight": 0.5, "label": 7}]
     assert 0.0 <= metrics["compose/share_1"] + metrics["compose/share_7"] <= 1.0
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["compose"] == [{"weight": 2.0, "label": 1}, {"weight": -1.0, "label": None}]
 
 
 def test_refusals(tmp_path: Path) -> None:
