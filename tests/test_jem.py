@@ -165,3 +165,22 @@ def test_refusals(tmp_path: Path) -> None:
         cfg = merge_overrides(ckpt["config"], compose_config(overrides), overrides)
         with pytest.raises(UserError, match=message):
             sample(cfg, tmp_path / "out", ckpt)
+
+
+def test_resume_continues_bit_identically(tmp_path: Path) -> None:
+    """6 steps straight == 3 steps, then resume to 6: weights, EMA and replay buffer (the
+    labels follow the resumed data order)."""
+    small = [*SMALL, "trainer.ckpt_every=3", "optim.ema=0.9"]
+    train(compose_config([*small, "trainer.max_steps=6"]), tmp_path / "straight")
+    train(compose_config([*small, "trainer.max_steps=3"]), tmp_path / "split")
+    ckpt = load_checkpoint(tmp_path / "split")
+    resumed = merge_overrides(ckpt["config"], compose_config(
+        [*small, "trainer.max_steps=6", f"resume={tmp_path / 'split'}"]),
+        ["trainer.max_steps=6"])
+    train(resumed, tmp_path / "split", resume_ckpt=ckpt)
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
+    assert b["step"] == 6
+    for part in ("model", "ema"):
+        for name in a[part]:
+            assert torch.equal(a[part][name], b[part][name]), (part, name)
+    assert torch.equal(a["objective"]["buffer"]["data"], b["objective"]["buffer"]["data"])
