@@ -151,10 +151,12 @@ def main() -> None:
 
     times = []
     for i in range(args.warmup + args.iters):
-        x = data.to_float(train_set[batches.next_indices().to(parts.device)])
+        idx = batches.next_indices()
+        x = data.to_float(train_set[idx.to(parts.device)])
+        y = data.train_labels[idx].to(parts.device) if parts.objective.uses_labels else None
         sync()
         start = time.perf_counter()
-        training_step(parts.objective, optimizers, x, cfg.trainer.grad_clip)
+        training_step(parts.objective, optimizers, x, cfg.trainer.grad_clip, y=y)
         sync()
         if i >= args.warmup:
             times.append(time.perf_counter() - start)

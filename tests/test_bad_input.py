@@ -4,7 +4,7 @@ traceback, and nothing half-written left behind.
 Placeholders in the cases are filled from the ``fixtures`` fixture: ``{ckpt}`` a finished
 tiny deep-EBM run, ``{ebgan}`` a finished EBGAN run, ``{trunc}`` a truncated checkpoint,
 ``{junk}`` a random file named .pt, ``{code}`` a checkpoint whose pickle would run code,
-``{empty}`` an empty folder, ``{file}`` a plain file (not a directory), ``{missing}`` a path
+``{toy}`` a tiny deep-EBM run on 2-D points, ``{empty}`` an empty folder, ``{file}`` a plain file (not a directory), ``{missing}`` a path
 that does not exist.
 """
 
@@ -69,6 +69,15 @@ CASES: list[tuple[str, list[str], str]] = [
     ("resume as another family", ["resume={ebgan}", "model=deep_ebm"],
      "continues a ebgan run, not deep_ebm"),
     ("eval without ckpt", ["task=eval"], "task=eval needs a checkpoint"),
+    ("label for a family without E(x, y)", ["task=sample", "ckpt={ckpt}", "sample.label=3"],
+     "has no class-conditional energy E(x, y)"),
+    ("compose with weights that do not fit", ["task=sample", "ckpt={ckpt}",
+                                              "compose.weights=[1,1]"],
+     "compose.weights has 2 weights for 1 energies"),
+    ("compose models of other items", ["task=sample", "ckpt={ckpt}", "compose.ckpts=[{toy}]"],
+     "models items of shape (2,)"),
+    ("jem on points without labels", ["model=jem", "dataset=toy2d"],
+     "jem needs (C, H, W) images"),
     # data and devices
     ("data root missing offline", ["dataset.root={missing}", "dataset.download=false"],
      "missing MNIST/raw"),
@@ -102,6 +111,7 @@ def fixtures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         train(compose_config(TINY), base / "deep_ebm")
         train(compose_config(["model=ebgan", *[o for o in TINY if "objective" not in o]]),
               base / "ebgan")
+        train(compose_config([*TINY, "dataset=toy2d"]), base / "toy")
     data = (base / "deep_ebm" / "last.pt").read_bytes()
     (base / "trunc.pt").write_bytes(data[: len(data) // 2])
     (base / "junk.pt").write_bytes(os.urandom(4096))
@@ -111,7 +121,8 @@ def fixtures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"ckpt": str(base / "deep_ebm"), "ebgan": str(base / "ebgan"),
             "trunc": str(base / "trunc.pt"), "junk": str(base / "junk.pt"),
             "code": str(base / "code.pt"), "empty": str(base / "empty"),
-            "file": str(base / "file"), "missing": str(base / "does-not-exist")}
+            "file": str(base / "file"), "missing": str(base / "does-not-exist"),
+            "toy": str(base / "toy")}
 
 
 def test_the_matrix_is_big_enough() -> None:

@@ -42,7 +42,8 @@ def test_every_option_composes_and_validates(group: str, option: str) -> None:
 
 
 # (model, item shape) pairs a model's default config refuses, with the expected message.
-UNSUPPORTED = {("ebgan", (2,)): r"model.net: ebgan arch=conv needs \(C, H, W\) images"}
+UNSUPPORTED = {("ebgan", (2,)): r"model.net: ebgan arch=conv needs \(C, H, W\) images",
+               ("jem", (2,)): r"model.net: jem needs \(C, H, W\) images"}
 
 
 @pytest.mark.parametrize("model", options("model"))

@@ -125,14 +125,17 @@ def test_declared_training_metrics_cover_what_training_logs(family: str) -> None
     data = load_data(cfg)
     parts = build_components(cfg, data_info_of(data))
     optimizers = parts.objective.configure_optimizers(optim_settings(cfg))
-    logged = training_step(parts.objective, optimizers, data.to_float(data.train[:8]), None)
+    labels = data.train_labels[:8] if parts.objective.uses_labels else None
+    logged = training_step(parts.objective, optimizers, data.to_float(data.train[:8]), None,
+                           y=labels)
     declared = train_metrics(cfg, None)
     assert "loss" in logged and all(produced(k, declared) for k in logged), (sorted(logged),
                                                                             declared)
 
 
-@pytest.mark.parametrize("overrides", [["experiment=deep_ebm_toy2d"], ["model=dae"]],
-                         ids=["deep_ebm_toy2d", "dae_mnist"])
+@pytest.mark.parametrize("overrides", [["experiment=deep_ebm_toy2d"], ["model=dae"],
+                                       ["model=jem"]],
+                         ids=["deep_ebm_toy2d", "dae_mnist", "jem_mnist"])
 def test_declared_eval_metrics_match_an_evaluation(overrides: list[str]) -> None:
     cfg = compose_config([*overrides, "device=cpu", "eval.every=1", "eval.max_test=64",
                           "eval.grid_size=16", "eval.sample_quality=false"])

@@ -90,6 +90,16 @@ class SampleConfig:
     steps: Optional[int] = None
     batch_size: int = 500
     snapshot_every: Optional[int] = None
+    label: Any = None  # a class label or a list: conditional chains (ebmrun.composition)
+
+
+@dataclass
+class ComposeConfig:
+    """``task=sample`` on a sum of energies (see :mod:`ebmrun.composition`)."""
+
+    labels: Optional[list[int]] = None   # E(x, y_k) of ckpt (one per ckpt with ckpts; -1: E(x))
+    weights: Optional[list[float]] = None  # one per energy (null: all 1; < 0: negation)
+    ckpts: Optional[list[str]] = None    # further checkpoints whose energies add to ckpt's
 
 
 @dataclass
@@ -158,6 +168,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    compose: ComposeConfig = field(default_factory=ComposeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
 

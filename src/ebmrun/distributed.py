@@ -145,8 +145,8 @@ class _TrainingStep(nn.Module):
         self.model = objective.model  # registers the parameters DDP synchronises
         self.objective = objective
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        return self.objective.training_step(x)
+    def forward(self, x: Tensor, *labels: Tensor) -> dict[str, Tensor]:
+        return self.objective.training_step(x, *labels)
 
 
 def step_function(objective, batch_size: int) -> Callable[[Tensor], dict[str, Tensor]]:

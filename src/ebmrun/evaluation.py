@@ -69,7 +69,9 @@ def evaluate_model(cfg: DictConfig, objective: Objective, data: InMemoryData,
     model.eval()
     try:
         report = EvalReport()
-        report.update(objective.evaluate(test, settings, generator))
+        labels = ({"labels": _test_labels(data, len(test)).to(device)}
+                  if objective.uses_labels else {})
+        report.update(objective.evaluate(test, settings, generator, **labels))
         if objective.has_energy:
             report.update(_energy_metrics(cfg, objective, data, test, settings, generator))
         if (settings.sample_quality and objective.generates_new_samples and data.is_image
@@ -79,6 +81,18 @@ def evaluate_model(cfg: DictConfig, objective: Objective, data: InMemoryData,
     finally:
         model.train(was_training)
     return report
+
+
+def _test_labels(data: InMemoryData, n: int) -> Tensor:
+    if data.test_labels is None:
+        raise UserError(f"this model is evaluated on class labels and dataset {data.name} has "
+                        f"none (fix: evaluate on a labelled dataset, e.g. dataset=mnist)")
+    return data.test_labels[:n]
+
+
+def _min_class_energy(objective: Objective) -> Callable[[Tensor], Tensor]:
+    """The class-aware anomaly score min_y E(x, y) (JEM: −max_y f(x)[y])."""
+    return lambda x: objective.class_energies(x).min(dim=1).values
 
 
 def _energy_metrics(cfg: DictConfig, objective: Objective, data: InMemoryData, test: Tensor,
@@ -98,6 +112,12 @@ def _energy_metrics(cfg: DictConfig, objective: Objective, data: InMemoryData, t
         e_out = batched_energy(objective.energy, x, settings.batch_size)
         report.metrics[f"ood/auroc_{name}"] = auroc(e_test, e_out)
         report.metrics[f"energy/{name}_mean"] = float(e_out.mean())
+    if objective.conditional and outliers:  # the class-aware score beside E(x)'s
+        score = _min_class_energy(objective)
+        s_test = batched_energy(score, test, settings.batch_size)
+        for name, x in outliers.items():
+            report.metrics[f"ood/auroc_{name}_class_energy"] = auroc(
+                s_test, batched_energy(score, x, settings.batch_size))
     if data.item_shape == (2,):
         points = torch.cat([data.train, data.test]).to(test.device)
         density = grid_report(objective.energy, test, points, data.box, settings.grid_size)

@@ -48,6 +48,8 @@ def eval_metrics(cfg: DictConfig, objective: type[Objective], dataset: str,
             outliers.append(OTHER_DATASET[dataset])
         names += ["energy/test_mean", *(f"ood/auroc_{o}" for o in outliers),
                   *(f"energy/{o}_mean" for o in outliers)]
+        if objective.conditional:
+            names += [f"ood/auroc_{o}_class_energy" for o in outliers]
         if tuple(item_shape) == (2,):
             names += ["density/log_z", "density/test_nll", "density/kl_target_model"]
     if (settings.sample_quality and objective.generates_new_samples and image

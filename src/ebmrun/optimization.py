@@ -172,11 +172,14 @@ class Updater:
         # by the diagnostics callback; clipping computes it anyway).
         self.grad_norms: dict[int, Tensor] = {}
 
-    def __call__(self, x: Tensor, step: int = 0) -> dict[str, Tensor]:
+    def __call__(self, x: Tensor, step: int = 0, y: Tensor | None = None
+                 ) -> dict[str, Tensor]:
         """One training step on batch ``x``, run step number ``step`` (1-based; it places
-        each group's first update for its schedule)."""
+        each group's first update for its schedule); ``y``: the batch's labels, passed on
+        to objectives that use them."""
         self.step = step
-        out = (self.forward or self.objective.training_step)(x)
+        forward = self.forward or self.objective.training_step
+        out = forward(x) if y is None else forward(x, y)
         if self.objective.manual_optimization:
             return out
         if isinstance(out, dict):  # one group: the loss under "loss"

@@ -67,18 +67,20 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
     run, updater = prepare(cfg, run_dir, resume_ckpt)
     callbacks = default_callbacks(cfg, rewind=lambda r: [c.on_rewind(r) for c in callbacks])
     train_set, images_seen = run.data.train.to(run.parts.device), 0
+    labels = (run.data.train_labels.to(run.parts.device) if run.parts.objective.uses_labels
+              else None)
     run.t_start = time.perf_counter()
     for callback in callbacks:
         callback.on_start(run)
     with StopRequested() as stop:
         while run.step < run.total:
-            x = run.data.to_float(train_set[ddp.shard(run.batches.next_indices())
-                                            .to(run.parts.device)])
+            idx = ddp.shard(run.batches.next_indices()).to(run.parts.device)
+            x = run.data.to_float(train_set[idx])
             if run.batches.epoch != run.epoch:  # an epoch ended: per-epoch schedules
                 run.epoch = run.batches.epoch
                 for schedule in run.schedules:
                     schedule.epoch_end()
-            out = updater(x, run.step + 1)
+            out = updater(x, run.step + 1, None if labels is None else labels[idx])
             run.step += 1
             images_seen += x.shape[0] * ddp.world_size()
             for callback in callbacks:
@@ -103,6 +105,9 @@ def prepare(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None
     info = data_info_of(data)
     parts = build_components(cfg, info)
     objective = parts.objective
+    if objective.uses_labels and data.train_labels is None:
+        raise UserError(f"model={cfg.model.name} trains on class labels and dataset "
+                        f"{data.name} has none (fix: a labelled dataset, e.g. dataset=mnist)")
     optimizers = objective.configure_optimizers(optim_settings(cfg))
     groups = (tuple(objective.groups) if not objective.manual_optimization
               else tuple(f"{i}" for i in range(len(optimizers))))
@@ -206,10 +211,13 @@ def _final_samples(run: RunState, n: int = 100) -> None:
 
 
 def training_step(objective, optimizers: list[torch.optim.Optimizer], x: torch.Tensor,
-                  grad_clip: float | None, forward=None) -> dict[str, torch.Tensor]:
-    """One optimisation step on batch ``x`` with one ``grad_clip`` for every group and no
-    schedule (tests, benchmarks); ``forward``: DDP's wrapper of the step, if any."""
-    return Updater(objective, optimizers, [grad_clip] * len(optimizers), forward=forward)(x)
+                  grad_clip: float | None, forward=None, y: torch.Tensor | None = None
+                  ) -> dict[str, torch.Tensor]:
+    """One optimisation step on batch ``x`` (labels ``y`` for families that use them) with
+    one ``grad_clip`` for every group and no schedule (tests, benchmarks); ``forward``:
+    DDP's wrapper of the step, if any."""
+    return Updater(objective, optimizers, [grad_clip] * len(optimizers),
+                   forward=forward)(x, y=y)
 
 
 def divergence_guard(cfg: DictConfig) -> DivergenceGuard:

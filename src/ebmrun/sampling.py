@@ -9,10 +9,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from ebmrun import composition
 from ebmrun.build import build_trained, load_data
 from ebmrun.errors import UserError
 from ebmrun.metrics.chains import convergence_metrics
-from ebmrun.outputs import write_samples
+from ebmrun.checkpoint import atomic_write_bytes
+from ebmrun.outputs import png_bytes, write_samples
 
 
 def sample(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict:
@@ -23,6 +25,8 @@ def sample(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict:
     """
     parts, info = build_trained(cfg, ckpt)
     parts.model.eval()
+    plan = (composition.Plan(cfg, parts.objective, info) if composition.requested(cfg)
+            else None)
     parts.sampler.record_chains = True  # per-chain traces for R-hat / ESS / KSD
     generator = torch.Generator(device=parts.device).manual_seed(cfg.seed)
     snapshot_every = cfg.sample.snapshot_every
@@ -34,8 +38,13 @@ def sample(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict:
             every = snapshot_every if snapshot_every is not None else 0
             if not chunks and every == 0:  # points: every step, for smooth trajectories
                 every = max((cfg.sample.steps or 64) // 8, 1) if info.is_image else 1
-            result = parts.objective.generate(n, steps=cfg.sample.steps, generator=generator,
-                                              snapshot_every=every)
+            if plan is None:
+                result = parts.objective.generate(n, steps=cfg.sample.steps,
+                                                  generator=generator, snapshot_every=every)
+            else:
+                result = plan.generate(n, cfg.sample.n - remaining, cfg.sample.n,
+                                       steps=cfg.sample.steps, generator=generator,
+                                       snapshot_every=every)
             first_every = first_every or every
             chunks.append(result.x.float().cpu())
             results.append(result)
@@ -55,6 +64,12 @@ def sample(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict:
                "checkpoint_step": ckpt["step"] if ckpt else 0,
                **{f"sampler/{k}": sum(v) / len(v) for k, v in stats.items()},
                **convergence_metrics(results)}
+    if plan is not None:
+        metrics.update(plan.describe())
+        metrics.update(plan.score(samples, cfg.dataset.get("name", ""), cfg.dataset.get("root")))
+        grid = plan.grid(samples)
+        if grid is not None:
+            atomic_write_bytes(run_dir / "conditional_grid.png", png_bytes(grid))
     data = None if info.is_image else _data_points(cfg, ckpt, tuple(info.item_shape))
     write_samples(run_dir, samples, chain, info, metrics, traces, data=data,
                   snapshot_every=first_every, steps=cfg.sample.steps)

@@ -20,11 +20,11 @@ def _maybe_sn(layer: nn.Module, spectral_norm: bool) -> nn.Module:
 
 
 def conv_energy_body(in_channels: int, image_hw: tuple[int, int], channels: Sequence[int],
-                     hidden: int, spectral_norm: bool, polyphase_first_conv: bool = True
-                     ) -> nn.Sequential:
+                     hidden: int, spectral_norm: bool, polyphase_first_conv: bool = True,
+                     out_features: int = 1) -> nn.Sequential:
     """The tutorial CNN: Conv(k5,s2,p4) then Conv(k3,s2,p1) layers, Flatten, Linear, Linear.
 
-    Maps ``(B, C, H, W) -> (B, 1)``. The first conv's large padding keeps border strokes.
+    Maps ``(B, C, H, W) -> (B, out_features)`` (1: an energy; K: a classifier's logits). The first conv's large padding keeps border strokes.
     ``polyphase_first_conv`` computes that layer's input gradient the fast way (same math,
     same parameters; see :mod:`ebmrun.models.polyphase_conv`).
     """
@@ -42,7 +42,7 @@ def conv_energy_body(in_channels: int, image_hw: tuple[int, int], channels: Sequ
         flat = nn.Sequential(*layers)(torch.zeros(1, in_channels, *image_hw)).numel()
     layers += [nn.Flatten(),
                _maybe_sn(nn.Linear(flat, hidden), spectral_norm), nn.SiLU(),
-               _maybe_sn(nn.Linear(hidden, 1), spectral_norm)]
+               _maybe_sn(nn.Linear(hidden, out_features), spectral_norm)]
     return nn.Sequential(*layers)
 
 
@@ -60,6 +60,15 @@ def mlp_energy_body(in_features: int, hidden: Sequence[int], spectral_norm: bool
         width = h
     layers.append(_maybe_sn(nn.Linear(width, 1), spectral_norm))
     return nn.Sequential(*layers)
+
+
+def resolve_polyphase(value: bool | str) -> bool:
+    """``polyphase_first_conv``: ``"auto"`` is on for CPUs with AVX-512 (see DeepEnergy)."""
+    if value == "auto":
+        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    if not isinstance(value, bool):
+        raise ValueError(f"polyphase_first_conv must be true, false or auto, got {value!r}")
+    return value
 
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
@@ -93,11 +102,7 @@ class DeepEnergy(nn.Module):
                              f"got {compile!r}")
         self.compile_mode = compile
         self._compiled_energy = None  # built on the first CUDA call
-        if polyphase_first_conv == "auto":
-            polyphase_first_conv = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-        elif not isinstance(polyphase_first_conv, bool):
-            raise ValueError(f"polyphase_first_conv must be true, false or auto, got "
-                             f"{polyphase_first_conv!r}")
+        polyphase_first_conv = resolve_polyphase(polyphase_first_conv)
         self.item_shape = tuple(int(s) for s in item_shape)
         self.is_image = len(self.item_shape) == 3
         if self.is_image:

@@ -111,6 +111,14 @@ class Objective(ABC):
     train_metrics: tuple[str, ...] = ("loss",)
     eval_metrics: tuple[str, ...] = ()
     needs_checkpoint = True
+    # ``training_step(x, y)`` with the batch's class labels ``y`` ``(B,)`` (JEM); the runner
+    # refuses a dataset without labels for such a family.
+    uses_labels = False
+    # The family defines E(x, y) for class labels: ``class_energies(x)`` gives all of them
+    # ``(B, K)``, ``conditional_energy(labels)`` an ``energy_fn`` with one label per chain,
+    # ``generate(..., labels=)`` samples it (``sample.label``, ``compose.labels``);
+    # ``num_classes`` is K.
+    conditional = False
     has_energy = False  # True for every subclass that overrides :meth:`energy`
     uses_sampler = True
 
@@ -129,7 +137,8 @@ class Objective(ABC):
 
     @abstractmethod
     def training_step(self, x: Tensor) -> StepOutput:
-        """Loss terms for one batch ``x`` ``(B, *item_shape)``.
+        """Loss terms for one batch ``x`` ``(B, *item_shape)`` (and its labels ``y``
+        ``(B,)`` as a second argument for families with ``uses_labels``).
 
         One group: ``{"loss": scalar with grad, **other scalars}``. Several ``groups``: a
         generator yielding ``(group, scalar loss with grad)`` in update order, returning a
@@ -153,7 +162,8 @@ class Objective(ABC):
 
     def evaluate(self, test: Tensor, settings, generator: torch.Generator) -> EvalReport:
         """Family-specific held-out metrics on ``test`` ``(N, *item_shape)`` (float, in the
-        data's value range, on the model's device). ``settings`` is the run's
+        data's value range, on the model's device); families with ``uses_labels`` also get
+        the test labels ``(N,)`` as ``labels=``. ``settings`` is the run's
         :class:`ebmrun.config.EvalConfig`. The runner adds the generic metrics (sample
         quality, anomaly AUROC, 2-D normaliser) itself."""
         return EvalReport()
