@@ -34,6 +34,8 @@ class ContrastiveDivergence(ChainsFromNoise, Objective):
 
     train_metrics = ("loss", "loss_cd", "loss_reg", "energy_data", "energy_sample",
                      "energy_gap", "sampler/*")
+    # The replay buffer scored like fresh samples (persistent chains on MNIST-like images).
+    eval_metrics = ("buffer/*",)
 
     def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,
                  generator: torch.Generator, alpha: float = 0.1, data_noise_std: float = 0.005,
@@ -88,6 +90,13 @@ class ContrastiveDivergence(ChainsFromNoise, Objective):
             **{f"sampler/{k}": chains.stats[k] for k in ("acceptance_rate", "step_size")
                if k in chains.stats},
         }
+
+    def replay_samples(self, n: int, generator: torch.Generator) -> Tensor | None:
+        if not self.persistent:
+            return None
+        data = self.buffer.data
+        slots = torch.randperm(len(data), device=data.device, generator=generator)[:n]
+        return data[slots]
 
     def visuals(self, generator: torch.Generator) -> dict[str, Tensor]:
         if not self.data.is_image:
