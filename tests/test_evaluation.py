@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from ebmrun.build import build_components, data_info_of, load_data
+from ebmrun.evaluation import evaluate_model
 from ebmrun.metrics.normaliser import grid_energies, grid_report, histogram_density, log_normaliser
 from ebmrun.metrics.ood import auroc, flipped, uniform_noise_like
 from ebmrun.report import collect, csv_text, markdown, sort_rows, table
-from conftest import TINY, run_cli, run_ok
+from conftest import TINY, compose_config, run_cli, run_ok
 
 
 def test_auroc_perfect_separator_is_one() -> None:
@@ -113,11 +115,35 @@ def test_eval_of_a_trained_mnist_model(tmp_path: Path, monkeypatch: pytest.Monke
                           / "metrics.json").read_text())
     for key in ("samples/frechet", "samples/frechet_real_floor", "samples/classes_present",
                 "samples/mean_confidence", "ood/auroc_fashion_mnist", "ood/auroc_noise",
-                "ood/auroc_flip", "energy/test_mean"):
+                "ood/auroc_flip", "energy/test_mean", "buffer/frechet",
+                "buffer/frechet_real_floor", "buffer/classes_present", "buffer/mean_confidence"):
         assert math.isfinite(metrics[key]), key
+    for group in ("samples", "buffer"):  # FD over the real-vs-real floor of the same count
+        assert metrics[f"{group}/frechet_over_floor"] == pytest.approx(
+            metrics[f"{group}/frechet"] / metrics[f"{group}/frechet_real_floor"])
+    assert metrics["buffer/n_samples"] == 20  # of its 64 slots, as many as fresh samples
+    assert metrics["buffer/frechet"] != metrics["samples/frechet"]
     assert metrics["checkpoint_step"] == 4 and metrics["samples/n_samples"] == 20
     assert metrics["samples/evaluator"] == trained["eval/samples/evaluator"] == shipped
     assert not cache.exists()  # the shipped weights: no evaluator trained or cached
+
+
+def test_buffer_is_scored_only_where_chains_persist() -> None:
+    """Short-run chains (buffer_size 0) keep no buffer: no ``buffer/*`` metrics; the
+    persistent recipe's buffer is scored on its own (here straight after init: uniform
+    noise, far from digits)."""
+    small = ["device=cpu", "eval.n_samples=16", "eval.max_test=64", "eval.sample_steps=1",
+             "eval.ood=[]", "model.objective.sample_steps=1"]
+    for buffer_size, scored in ((0, False), (32, True)):
+        cfg = compose_config(["experiment=deep_ebm_shortrun_mnist", *small,
+                              f"model.objective.buffer_size={buffer_size}"])
+        data = load_data(cfg)
+        parts = build_components(cfg, data_info_of(data))
+        metrics = evaluate_model(cfg, parts.objective, data, parts.device).metrics
+        assert "samples/frechet_over_floor" in metrics
+        assert any(k.startswith("buffer/") for k in metrics) == scored, sorted(metrics)
+        if scored:
+            assert metrics["buffer/n_samples"] == 16 and metrics["buffer/frechet_over_floor"] > 1
 
 
 def test_eval_needs_a_checkpoint_for_trained_families(tmp_path: Path) -> None:

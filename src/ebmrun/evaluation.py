@@ -29,7 +29,7 @@ from ebmrun.config import EvalConfig
 from ebmrun.data.base import InMemoryData
 from ebmrun.errors import UserError
 from ebmrun.logging import RunLogger, figures, plots2d
-from ebmrun.metrics.evaluator import RECIPES, get_evaluator
+from ebmrun.metrics.evaluator import RECIPES, Evaluator, get_evaluator
 from ebmrun.metrics.inception import inception_fid
 from ebmrun.metrics.normaliser import grid_report
 from ebmrun.metrics.ood import auroc, flipped, uniform_noise_like
@@ -76,8 +76,7 @@ def evaluate_model(cfg: DictConfig, objective: Objective, data: InMemoryData,
             report.update(_energy_metrics(cfg, objective, data, test, settings, generator))
         if (settings.sample_quality and objective.generates_new_samples and data.is_image
                 and data.name in RECIPES):
-            report.update(_sample_quality(cfg, objective, data, test, settings, generator),
-                          prefix="samples/")
+            report.update(_sample_quality(cfg, objective, data, test, settings, generator))
     finally:
         model.train(was_training)
     return report
@@ -151,6 +150,8 @@ def _load_other(name: str, root: str | None, value_range: tuple[float, float]) -
 
 def _sample_quality(cfg: DictConfig, objective: Objective, data: InMemoryData, test: Tensor,
                     settings: EvalConfig, generator: torch.Generator) -> EvalReport:
+    """``samples/*``: fresh samples from noise; ``buffer/*``: the replay buffer, where the
+    family keeps one. Each with the real-vs-real floor of the same count and the ratio."""
     evaluator = get_evaluator(data.name, cfg.dataset.get("root"))
     chunks, remaining = [], settings.n_samples
     while remaining > 0:
@@ -158,21 +159,38 @@ def _sample_quality(cfg: DictConfig, objective: Objective, data: InMemoryData, t
         result = objective.generate(n, steps=settings.sample_steps, generator=generator)
         chunks.append(result.x.detach().float().cpu())
         remaining -= n
-    samples = to_unit_range(torch.cat(chunks), data.value_range)
     reference = to_unit_range(test.cpu(), data.value_range)
+    samples = to_unit_range(torch.cat(chunks), data.value_range)
+    metrics = _scored(cfg, evaluator, samples, reference, data)
+    metrics["evaluator_test_accuracy"] = float(evaluator.test_accuracy or 0.0)
+    if settings.inception_fid:
+        metrics["inception_fid"] = inception_fid(samples, reference)
+    # Which evaluator measured them ("mnist-<weights hash>"), beside the numbers in
+    # metrics.json: numbers of different evaluators must not be compared. Not a scalar, so
+    # log_report and the HParams tab leave it out.
+    report = EvalReport(metrics={f"samples/{k}": v for k, v in metrics.items()})
+    report.metrics["samples/evaluator"] = evaluator.version
+    buffer = objective.replay_samples(settings.n_samples, generator)
+    if buffer is not None:
+        scored = _scored(cfg, evaluator, to_unit_range(buffer.detach().cpu(), data.value_range),
+                         reference, data)
+        report.metrics.update({f"buffer/{k}": v for k, v in scored.items()})
+    return report
+
+
+def _scored(cfg: DictConfig, evaluator: Evaluator, samples: Tensor, reference: Tensor,
+            data: InMemoryData) -> dict[str, float]:
+    """Sample-quality metrics of ``samples`` ``(N, C, H, W)`` in [-1, 1] against
+    ``reference``, with ``frechet_real_floor`` (the same distance for N real training
+    images, a fixed draw per seed) and ``frechet_over_floor`` (FD / floor: 1 = as close as
+    real data of that count)."""
     metrics = sample_quality(evaluator, samples, reference)
     idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(cfg.seed))
     train_subset = to_unit_range(data.to_float(data.train[idx[: len(samples)]]),
                                  data.value_range)
     metrics["frechet_real_floor"] = real_floor(evaluator, train_subset, reference)
-    metrics["evaluator_test_accuracy"] = float(evaluator.test_accuracy or 0.0)
-    if settings.inception_fid:
-        metrics["inception_fid"] = inception_fid(samples, reference)
-    numbers = {k: float(v) for k, v in metrics.items()}
-    # Which evaluator measured them ("mnist-<weights hash>"), beside the numbers in
-    # metrics.json: numbers of different evaluators must not be compared. Not a scalar, so
-    # log_report and the HParams tab leave it out.
-    return EvalReport(metrics={**numbers, "evaluator": evaluator.version})
+    metrics["frechet_over_floor"] = metrics["frechet"] / metrics["frechet_real_floor"]
+    return {k: float(v) for k, v in metrics.items()}
 
 
 def log_report(report: EvalReport, logger: RunLogger, step: int) -> None:

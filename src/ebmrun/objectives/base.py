@@ -168,6 +168,11 @@ class Objective(ABC):
         quality, anomaly AUROC, 2-D normaliser) itself."""
         return EvalReport()
 
+    def replay_samples(self, n: int, generator: torch.Generator) -> Tensor | None:
+        """Up to ``n`` items ``(m, *item_shape)`` of the family's persistent training chains
+        (replay buffer), for scoring beside fresh samples; ``None`` if it keeps none."""
+        return None
+
     def visuals(self, generator: torch.Generator) -> dict[str, Tensor]:
         """Image batches ``(N, C, H, W)`` to log as grids (name -> images)."""
         return {}

@@ -34,6 +34,8 @@ class ContrastiveDivergence(ChainsFromNoise, Objective):
 
     train_metrics = ("loss", "loss_cd", "loss_reg", "energy_data", "energy_sample",
                      "energy_gap", "sampler/*", "buffer/age_mean", "buffer/reinit_share")
+    # The replay buffer scored like fresh samples (persistent chains on MNIST-like images).
+    eval_metrics = ("buffer/*",)
 
     def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,
                  generator: torch.Generator, alpha: float = 0.1, data_noise_std: float = 0.005,
@@ -91,6 +93,13 @@ class ContrastiveDivergence(ChainsFromNoise, Objective):
             **({f"buffer/{k}": v for k, v in self.buffer.stats().items()}
                if self.persistent else {}),
         }
+
+    def replay_samples(self, n: int, generator: torch.Generator) -> Tensor | None:
+        if not self.persistent:
+            return None
+        data = self.buffer.data
+        slots = torch.randperm(len(data), device=data.device, generator=generator)[:n]
+        return data[slots]
 
     def visuals(self, generator: torch.Generator) -> dict[str, Tensor]:
         if not self.data.is_image:
