@@ -11,9 +11,9 @@ from tqdm import tqdm
 
 from ebmrun import composition
 from ebmrun.build import build_trained, load_data
+from ebmrun.checkpoint import atomic_write_bytes
 from ebmrun.errors import UserError
 from ebmrun.metrics.chains import convergence_metrics
-from ebmrun.checkpoint import atomic_write_bytes
 from ebmrun.outputs import png_bytes, write_samples
 
 
