@@ -65,7 +65,10 @@ def test_trainer_grad_clip_acts_on_both_ebgan_groups() -> None:
 def test_per_group_settings_and_their_errors() -> None:
     cfg = compose_config(["model=ebgan", "+model.optim.g.schedule=constant"])
     assert group_settings(cfg, "g").schedule == "constant"
-    assert group_settings(cfg, "d").schedule == "exponential"
+    assert group_settings(cfg, "d").schedule == "warmup_cosine"  # EBGAN's family default
+    assert group_settings(compose_config(["model=deep_ebm"]), "loss").schedule == "exponential"
+    typed = compose_config(["model=ebgan", "optim.schedule=constant", "optim.ema=null"])
+    assert group_settings(typed, "d").schedule == "constant" and typed.optim.ema is None
     bad = compose_config(["model=ebgan", "+model.optim.g.lr_dacay=0.5"])
     with pytest.raises(UserError, match="unknown key model.optim.g.lr_dacay"):
         group_settings(bad, "g")
