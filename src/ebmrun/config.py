@@ -75,11 +75,11 @@ class OptimConfig:
     lr: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.0, 0.999])
     weight_decay: float = 0.0
-    schedule: str = "exponential"
+    schedule: str = "${model.schedule}"  # the family's (model/<name>.yaml), else exponential
     lr_decay: float = 0.97
     warmup: float = 0.05
     warmup_start: float = 0.04
-    ema: Optional[float] = None
+    ema: Optional[float] = "${model.ema}"  # type: ignore[assignment]  # the family's, else null
 
 
 @dataclass
@@ -145,13 +145,16 @@ class SweepConfig:
 @dataclass
 class ModelConfig:
     """A model family: its network (``net``), its training recipe (``objective``), the
-    family's default of ``trainer.grad_clip`` and per-parameter-group overrides of
+    family's defaults of ``trainer.grad_clip``, ``optim.schedule`` and ``optim.ema`` (a
+    command-line ``optim.*`` still wins), and per-parameter-group overrides of
     ``optim.*`` / ``grad_clip`` (``optim: {<group>: {schedule: warmup_cosine, ...}}``)."""
 
     name: str = MISSING
     net: Any = MISSING
     objective: Any = MISSING
     grad_clip: Optional[float] = 0.1  # families that clip nothing set null in their yaml
+    schedule: str = "exponential"     # the family's default of optim.schedule
+    ema: Optional[float] = None       # the family's default of optim.ema
     optim: Any = None
 
 

@@ -78,18 +78,23 @@ class Schedule:
     every epoch end (torch's ``ExponentialLR``); ``warmup_cosine`` warms up linearly from
     ``warmup_start`` over the first ``warmup`` of the group's updates, then follows a
     cosine to zero at the run's last step; the count starts at the group's first update
-    (LISTA's group starts after its dictionary phase)."""
+    (LISTA's group starts after its dictionary phase). A run limited only by
+    ``trainer.max_minutes`` has no last step: there ``budget_used`` (the share of the
+    wall-clock budget spent, 0 → 1) drives warm-up and cosine instead, so the learning rate
+    reaches zero as the time runs out (such a run is not step-reproducible anyway)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, settings: GroupSettings,
-                 total_steps: float) -> None:
+                 total_steps: float, budget_used: Callable[[], float] | None = None) -> None:
         self.optimizer, self.settings, self.total_steps = optimizer, settings, total_steps
+        self.budget_used = budget_used
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.updates, self.first_step = 0, None
         self._exponential = (torch.optim.lr_scheduler.ExponentialLR(optimizer, settings.lr_decay)
                              if settings.schedule == "exponential" else None)
-        if settings.schedule == "warmup_cosine" and math.isinf(total_steps):
-            raise UserError("schedule=warmup_cosine needs a step budget (fix: set "
-                            "trainer.max_steps or trainer.max_epochs)")
+        if settings.schedule == "warmup_cosine" and math.isinf(total_steps) \
+                and budget_used is None:
+            raise UserError("schedule=warmup_cosine needs a budget (fix: set "
+                            "trainer.max_steps, trainer.max_epochs or trainer.max_minutes)")
 
     def epoch_end(self) -> None:
         if self._exponential is not None:
@@ -102,15 +107,22 @@ class Schedule:
             self.first_step = step - 1
         if self.settings.schedule != "warmup_cosine":
             return
-        total = int(self.total_steps) - self.first_step
-        t = min(self.updates, total)
-        warmup = max(int(total * self.settings.warmup + 1e-9), 1)
-        if t <= warmup:
-            factor = self.settings.warmup_start + (1 - self.settings.warmup_start) * t / warmup
+        if math.isinf(self.total_steps):  # wall-clock budget: progress is the time spent
+            factor = self._cosine(min(self.budget_used(), 1.0), self.settings.warmup, 1.0)
         else:
-            factor = 0.5 * (1 + math.cos(math.pi * (t - warmup) / max(total - warmup, 1)))
+            total = int(self.total_steps) - self.first_step
+            warmup = max(int(total * self.settings.warmup + 1e-9), 1)
+            factor = self._cosine(min(self.updates, total), warmup, max(total, warmup + 1))
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * factor
+
+    def _cosine(self, t: float, warmup: float, total: float) -> float:
+        """The lr factor at progress ``t`` of ``total``: linear from ``warmup_start`` to 1
+        up to ``warmup``, then half a cosine down to 0 at ``total``."""
+        if t <= warmup:
+            start = self.settings.warmup_start
+            return start + (1 - start) * t / warmup if warmup > 0 else 1.0
+        return 0.5 * (1 + math.cos(math.pi * (t - warmup) / (total - warmup)))
 
     def scale(self, factor: float) -> None:
         """Scale the learning rates for good (the divergence guard's rollback)."""

@@ -118,10 +118,13 @@ def prepare(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None
     total = total_steps(cfg, batches.batches_per_epoch)
     run = RunState(cfg=cfg, run_dir=run_dir, data=data, info=info, parts=parts,
                    optimizers=optimizers, groups=groups,
-                   schedules=[Schedule(o, s, total) for o, s in zip(optimizers, settings)],
+                   schedules=[],
                    batches=batches, guard=divergence_guard(cfg),
                    ema=EMA(parts.model, cfg.optim.ema) if cfg.optim.ema else None,
                    total=total, epoch=batches.epoch)
+    seconds = 60.0 * cfg.trainer.max_minutes if cfg.trainer.max_minutes else None
+    budget_used = (lambda: run.elapsed() / seconds) if seconds else None  # time budgets
+    run.schedules = [Schedule(o, s, total, budget_used) for o, s in zip(optimizers, settings)]
     if resume_ckpt is not None:
         run.restore(resume_ckpt)
         _check_resume(cfg, run, run_dir)
