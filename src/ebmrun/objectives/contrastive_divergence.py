@@ -14,11 +14,11 @@ from torch import Tensor, nn
 from ebmrun.logging import figures, plots2d
 from ebmrun.objectives.base import DataInfo, Objective
 from ebmrun.objectives.common import ChainsFromNoise
-from ebmrun.objectives.replay_buffer import ReplayBuffer
+from ebmrun.objectives.replay_buffer import ReplayBuffer, ReplayBufferState
 from ebmrun.samplers.base import Sampler
 
 
-class ContrastiveDivergence(ChainsFromNoise, Objective):
+class ContrastiveDivergence(ReplayBufferState, ChainsFromNoise, Objective):
     """Persistent contrastive divergence (Du & Mordatch 2019; UvA tutorial 8 recipe).
 
     Args:
@@ -125,12 +125,3 @@ class ContrastiveDivergence(ChainsFromNoise, Objective):
             figures.Panel("samples from noise", points=fresh.x),
             figures.Panel("replay buffer", points=self.buffer.data)], box)
         return {"data_model_samples_buffer": plots2d.in_value_range(panel, self.data.value_range)}
-
-    def histograms(self) -> dict[str, Tensor]:
-        return dict(self._last)
-
-    def state_dict(self) -> dict:
-        return {"buffer": self.buffer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.buffer.load_state_dict(state["buffer"])

@@ -20,11 +20,11 @@ from torch import Tensor, nn
 from ebmrun.metrics.calibration import expected_calibration_error
 from ebmrun.objectives.base import DataInfo, EvalReport, Objective
 from ebmrun.objectives.common import ChainsFromNoise
-from ebmrun.objectives.replay_buffer import ReplayBuffer
+from ebmrun.objectives.replay_buffer import ReplayBuffer, ReplayBufferState
 from ebmrun.samplers.base import SampleResult, Sampler
 
 
-class JEM(ChainsFromNoise, Objective):
+class JEM(ReplayBufferState, ChainsFromNoise, Objective):
     """Cross-entropy plus SGLD contrastive divergence on p(x).
 
     Args:
@@ -148,12 +148,3 @@ class JEM(ChainsFromNoise, Objective):
         slots = torch.randperm(len(self.buffer.data), generator=torch.Generator().manual_seed(0))
         return {"samples_per_class": per_class, "samples_from_noise": fresh,
                 "buffer": self.buffer.data[slots[:64].to(self.buffer.data.device)]}
-
-    def histograms(self) -> dict[str, Tensor]:
-        return dict(self._last)
-
-    def state_dict(self) -> dict:
-        return {"buffer": self.buffer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.buffer.load_state_dict(state["buffer"])

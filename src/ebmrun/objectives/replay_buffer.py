@@ -90,3 +90,21 @@ class ReplayBuffer:
             self.ages.copy_(state["ages"])
         else:
             self.ages.zero_()
+
+
+class ReplayBufferState:
+    """Mixin for objectives whose training state is their replay buffer ``self.buffer``
+    (saved in checkpoints) and whose histograms are the last step's ``self._last``
+    (the deep EBM's contrastive divergence, JEM)."""
+
+    buffer: ReplayBuffer
+    _last: dict[str, Tensor]
+
+    def histograms(self) -> dict[str, Tensor]:
+        return dict(self._last)
+
+    def state_dict(self) -> dict:
+        return {"buffer": self.buffer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffer.load_state_dict(state["buffer"])
