@@ -71,6 +71,7 @@ RANK_SCRIPT = textwrap.dedent('''
                 "params": [p.detach() for p in parts.model.parameters()],
                 "batch": x, "buffer": parts.objective.buffer.data, "agreed": agreed},
                Path(sys.argv[1]) / f"rank{rank}.pt")
+    dist.barrier()  # both ranks done before either tears gloo down (an abort was seen in CI)
     dist.destroy_process_group()
 ''')
 
@@ -218,6 +219,7 @@ EBGAN_RANK_SCRIPT = textwrap.dedent('''
     torch.save({"grads": [p.grad for p in parts.model.parameters()],
                 "params": [p.detach() for p in parts.model.parameters()]},
                Path(sys.argv[1]) / f"rank{dist.get_rank()}.pt")
+    dist.barrier()
     dist.destroy_process_group()
 ''')
 

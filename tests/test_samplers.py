@@ -66,7 +66,10 @@ class TinyEnergy(nn.Module):
 
 
 # Sampler configs that are a family's settings of another sampler's class, not a sampler.
-PRESETS: dict[str, type[Sampler]] = {"drl_langevin": Langevin}  # model=drl's per-level chain
+PRESETS: dict[str, type[Sampler]] = {
+    "drl_langevin": Langevin,  # model=drl's per-level chain
+    "jem_langevin": Langevin,  # model=jem's SGLD for p(x)
+}
 
 
 def test_every_sampler_class_is_covered_and_configured() -> None:
