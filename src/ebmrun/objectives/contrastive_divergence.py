@@ -14,11 +14,11 @@ from torch import Tensor, nn
 from ebmrun.logging import figures, plots2d
 from ebmrun.objectives.base import DataInfo, Objective
 from ebmrun.objectives.common import ChainsFromNoise
-from ebmrun.objectives.replay_buffer import ReplayBuffer, ReplayBufferState
+from ebmrun.objectives.replay_buffer import ReplayBuffer, ReplayBufferCD
 from ebmrun.samplers.base import Sampler
 
 
-class ContrastiveDivergence(ReplayBufferState, ChainsFromNoise, Objective):
+class ContrastiveDivergence(ReplayBufferCD, ChainsFromNoise, Objective):
     """Persistent contrastive divergence (Du & Mordatch 2019; UvA tutorial 8 recipe).
 
     Args:
@@ -64,42 +64,17 @@ class ContrastiveDivergence(ReplayBufferState, ChainsFromNoise, Objective):
         batch = x.shape[0]
         if not self.data.is_image:
             self._recent_data = torch.cat([x.detach(), self._recent_data])[: self.RECENT_POINTS]
-        if self.data_noise_std > 0:
-            x = x + self.data_noise_std * torch.randn(x.shape, device=x.device,
-                                                      generator=self.generator)
-            x = x.clamp_(*self.data.box)
-        x0, slots = self.buffer.draw(batch, self.reinit_fraction)
-        chains = self.sampler.sample(self.model.energy, x0, generator=self.generator)
-        if self.persistent:
-            self.buffer.push(slots, chains.x)
-
+        x = self.noisy_data(x)
+        chains = self.negatives(batch)
         energies = self.model.energy(torch.cat([x, chains.x]))
-        e_data, e_sample = energies[:batch], energies[batch:]
-        loss_cd = e_data.mean() - e_sample.mean()
-        loss_reg = self.alpha * (e_data.pow(2).mean() + e_sample.pow(2).mean())
-        self._last = {"energy/data": e_data.detach(), "energy/samples": e_sample.detach()}
+        loss, scalars = self.contrastive_terms(energies[:batch], energies[batch:], chains)
         return {
-            "loss": loss_cd + loss_reg,
-            "loss_cd": loss_cd.detach(),
-            "loss_reg": loss_reg.detach(),
-            "energy_data": e_data.mean().detach(),
-            "energy_sample": e_sample.mean().detach(),
-            "energy_gap": (e_sample.mean() - e_data.mean()).detach(),
-            "sampler/grad_norm": chains.stats["grad_norm"].mean(),
-            # Acceptance and (adapted) step size: constant for Langevin, telling for MH samplers.
-            **{f"sampler/{k}": chains.stats[k] for k in ("acceptance_rate", "step_size")
-               if k in chains.stats},
+            "loss": loss,
+            **scalars,
             # Persistent chains only: how old the negatives are, how many restarted.
             **({f"buffer/{k}": v for k, v in self.buffer.stats().items()}
                if self.persistent else {}),
         }
-
-    def replay_samples(self, n: int, generator: torch.Generator) -> Tensor | None:
-        if not self.persistent:
-            return None
-        data = self.buffer.data
-        slots = torch.randperm(len(data), device=data.device, generator=generator)[:n]
-        return data[slots]
 
     def visuals(self, generator: torch.Generator) -> dict[str, Tensor]:
         if not self.data.is_image:
@@ -109,9 +84,7 @@ class ContrastiveDivergence(ReplayBufferState, ChainsFromNoise, Objective):
         chain = torch.stack([snap[:8] for snap in fresh.chain]).flatten(0, 1)
         pictures = {"samples_from_noise": fresh.x, "langevin_chain": chain}
         if self.persistent:  # short-run chains (buffer_size 0) keep no buffer to show
-            slots = torch.randperm(len(self.buffer.data),
-                                   generator=torch.Generator().manual_seed(0))
-            pictures["buffer"] = self.buffer.data[slots[:64].to(self.buffer.data.device)]
+            pictures["buffer"] = self.buffer_picture()
         return pictures
 
     def _visuals_2d(self, generator: torch.Generator) -> dict[str, Tensor]:

@@ -20,11 +20,11 @@ from torch import Tensor, nn
 from ebmrun.metrics.calibration import expected_calibration_error
 from ebmrun.objectives.base import DataInfo, EvalReport, Objective
 from ebmrun.objectives.common import ChainsFromNoise
-from ebmrun.objectives.replay_buffer import ReplayBuffer, ReplayBufferState
+from ebmrun.objectives.replay_buffer import ReplayBuffer, ReplayBufferCD
 from ebmrun.samplers.base import SampleResult, Sampler
 
 
-class JEM(ReplayBufferState, ChainsFromNoise, Objective):
+class JEM(ReplayBufferCD, ChainsFromNoise, Objective):
     """Cross-entropy plus SGLD contrastive divergence on p(x).
 
     Args:
@@ -44,7 +44,9 @@ class JEM(ReplayBufferState, ChainsFromNoise, Objective):
 
     train_metrics = ("loss", "loss/cross_entropy", "loss_cd", "loss_reg", "accuracy", "energy_data",
                      "energy_sample", "energy_gap", "sampler/*")
-    eval_metrics = ("classifier/test_accuracy", "classifier/ece", "classifier/test_nll")
+    # The replay buffer is scored like fresh samples (``buffer/*``), as for the deep EBM.
+    eval_metrics = ("classifier/test_accuracy", "classifier/ece", "classifier/test_nll",
+                    "buffer/*")
 
     def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,
                  generator: torch.Generator, px_weight: float = 1.0, alpha: float = 0.0,
@@ -63,6 +65,8 @@ class JEM(ReplayBufferState, ChainsFromNoise, Objective):
         self.sample_steps, self.ece_bins = int(sample_steps), int(ece_bins)
         device = next(model.parameters()).device
         self.buffer = ReplayBuffer(buffer_size, data.item_shape, data.box, device, generator)
+        # Plain cross-entropy runs no chains: its buffer stays noise, not worth scoring.
+        self.persistent = self.px_weight > 0
         self._last: dict[str, Tensor] = {}
 
     @property
@@ -71,37 +75,21 @@ class JEM(ReplayBufferState, ChainsFromNoise, Objective):
 
     def training_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         batch = x.shape[0]
-        if self.data_noise_std > 0:
-            x = x + self.data_noise_std * torch.randn(x.shape, device=x.device,
-                                                      generator=self.generator)
-            x = x.clamp_(*self.data.box)
-        out: dict[str, Tensor] = {}
+        x = self.noisy_data(x)
         if self.px_weight > 0:
-            x0, slots = self.buffer.draw(batch, self.reinit_fraction)
-            chains = self.sampler.sample(self.model.energy, x0, generator=self.generator)
-            self.buffer.push(slots, chains.x)
+            chains = self.negatives(batch)
             logits = self.model.logits(torch.cat([x, chains.x]))  # one forward for both
             e_all = -torch.logsumexp(logits, dim=1)
-            e_data, e_sample = e_all[:batch], e_all[batch:]
+            loss_px, out = self.contrastive_terms(e_all[:batch], e_all[batch:], chains)
             logits = logits[:batch]
-            loss_px = e_data.mean() - e_sample.mean()
-            loss_reg = self.alpha * (e_data.pow(2).mean() + e_sample.pow(2).mean())
-            self._last = {"energy/data": e_data.detach(), "energy/samples": e_sample.detach()}
-            out = {"loss_cd": loss_px.detach(), "loss_reg": loss_reg.detach(),
-                   "energy_sample": e_sample.mean().detach(),
-                   "energy_gap": (e_sample.mean() - e_data.mean()).detach(),
-                   "sampler/grad_norm": chains.stats["grad_norm"].mean(),
-                   **{f"sampler/{k}": chains.stats[k] for k in ("acceptance_rate", "step_size")
-                      if k in chains.stats}}
-            px_term = self.px_weight * (loss_px + loss_reg)
+            px_term = self.px_weight * loss_px
         else:  # plain cross-entropy: no chains at all
             logits = self.model.logits(x)
-            e_data = -torch.logsumexp(logits.detach(), dim=1)
+            out = {"energy_data": -torch.logsumexp(logits.detach(), dim=1).mean()}
             px_term = 0.0
         loss_ce = F.cross_entropy(logits, y)
         return {"loss": loss_ce + px_term, "loss/cross_entropy": loss_ce.detach(),
-                "accuracy": (logits.argmax(1) == y).float().mean().detach(),
-                "energy_data": e_data.mean().detach(), **out}
+                "accuracy": (logits.argmax(1) == y).float().mean().detach(), **out}
 
     def class_energies(self, x: Tensor) -> Tensor:
         """E(x, y) for every class: ``(B, K)`` = −f(x)."""
@@ -145,6 +133,5 @@ class JEM(ReplayBufferState, ChainsFromNoise, Objective):
         per_class = self.generate(8 * self.num_classes, generator=generator,
                                   labels=labels.repeat_interleave(8)).x
         fresh = self.generate(64, generator=generator).x
-        slots = torch.randperm(len(self.buffer.data), generator=torch.Generator().manual_seed(0))
         return {"samples_per_class": per_class, "samples_from_noise": fresh,
-                "buffer": self.buffer.data[slots[:64].to(self.buffer.data.device)]}
+                "buffer": self.buffer_picture()}

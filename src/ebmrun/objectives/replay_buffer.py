@@ -16,6 +16,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from typing import TYPE_CHECKING
+
+from ebmrun.samplers.base import SampleResult, Sampler
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ebmrun.objectives.base import DataInfo
+
 
 class ReplayBuffer:
     """``size`` stored samples of shape ``item_shape``, initialised uniformly in ``box``.
@@ -92,13 +101,85 @@ class ReplayBuffer:
             self.ages.zero_()
 
 
-class ReplayBufferState:
-    """Mixin for objectives whose training state is their replay buffer ``self.buffer``
-    (saved in checkpoints) and whose histograms are the last step's ``self._last``
-    (the deep EBM's contrastive divergence, JEM)."""
+class ReplayBufferCD:
+    """Mixin: contrastive divergence with negatives from a replay buffer of persistent
+    chains, the parts the deep EBM's contrastive divergence and JEM share. One home for
+    their data noise, negative phase, contrastive loss terms, buffer pictures and samples,
+    and their training state (the buffer, saved in checkpoints) and histograms (the last
+    step's energies).
 
+    The objective sets ``buffer``, ``sampler``, ``alpha``, ``data_noise_std`` and
+    ``reinit_fraction`` (besides the :class:`~ebmrun.objectives.base.Objective` attributes
+    ``model``, ``data``, ``generator``); ``persistent = False`` (short-run chains) runs
+    every chain from noise and writes nothing back.
+    """
+
+    model: nn.Module
+    data: DataInfo
+    generator: torch.Generator
     buffer: ReplayBuffer
+    sampler: Sampler
+    alpha: float
+    data_noise_std: float
+    reinit_fraction: float
+    persistent = True
     _last: dict[str, Tensor]
+
+    def noisy_data(self, x: Tensor) -> Tensor:
+        """Real items ``x`` ``(B, ...)`` with Gaussian noise of std ``data_noise_std``
+        (clamped to the box): a data distribution the energy can fit without infinitely
+        sharp wells. Draws from ``generator`` only when the std is positive."""
+        if self.data_noise_std <= 0:
+            return x
+        x = x + self.data_noise_std * torch.randn(x.shape, device=x.device,
+                                                  generator=self.generator)
+        return x.clamp_(*self.data.box)
+
+    def negatives(self, n: int) -> SampleResult:
+        """The negative phase: ``n`` chains drawn from the buffer (a ``reinit_fraction``
+        of them restarted from noise), run by the sampler on E(x) and, if persistent,
+        written back. The result's ``x`` is ``(n, *item_shape)``."""
+        x0, slots = self.buffer.draw(n, self.reinit_fraction)
+        chains = self.sampler.sample(self.model.energy, x0, generator=self.generator)
+        if self.persistent:
+            self.buffer.push(slots, chains.x)
+        return chains
+
+    def contrastive_terms(self, e_data: Tensor, e_sample: Tensor,
+                          chains: SampleResult) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss ``mean E(x_data) − mean E(x_sample) + α · mean(E(x_data)² +
+        E(x_sample)²)`` (with grad) of energies ``(B,)`` of the data and of the negatives
+        ``chains``, and the scalars to log: ``loss_cd``, ``loss_reg``, ``energy_data``,
+        ``energy_sample``, ``energy_gap``, ``sampler/*``. Keeps the energies for
+        :meth:`histograms`."""
+        loss_cd = e_data.mean() - e_sample.mean()
+        loss_reg = self.alpha * (e_data.pow(2).mean() + e_sample.pow(2).mean())
+        self._last = {"energy/data": e_data.detach(), "energy/samples": e_sample.detach()}
+        return loss_cd + loss_reg, {
+            "loss_cd": loss_cd.detach(),
+            "loss_reg": loss_reg.detach(),
+            "energy_data": e_data.mean().detach(),
+            "energy_sample": e_sample.mean().detach(),
+            "energy_gap": (e_sample.mean() - e_data.mean()).detach(),
+            "sampler/grad_norm": chains.stats["grad_norm"].mean(),
+            # Acceptance and (adapted) step size: constant for Langevin, telling for MH samplers.
+            **{f"sampler/{k}": chains.stats[k] for k in ("acceptance_rate", "step_size")
+               if k in chains.stats},
+        }
+
+    def replay_samples(self, n: int, generator: torch.Generator) -> Tensor | None:
+        """``n`` random buffer slots ``(n, *item_shape)``; ``None`` for short-run chains."""
+        if not self.persistent:
+            return None
+        data = self.buffer.data
+        slots = torch.randperm(len(data), device=data.device, generator=generator)[:n]
+        return data[slots]
+
+    def buffer_picture(self, n: int = 64) -> Tensor:
+        """``n`` buffer slots ``(n, *item_shape)``, the same slots at every step (a fixed
+        draw, so the picture shows the chains changing)."""
+        slots = torch.randperm(len(self.buffer.data), generator=torch.Generator().manual_seed(0))
+        return self.buffer.data[slots[:n].to(self.buffer.data.device)]
 
     def histograms(self) -> dict[str, Tensor]:
         return dict(self._last)
