@@ -57,6 +57,28 @@ def to_unit_range(x: Tensor, value_range: tuple[float, float]) -> Tensor:
     return (x.float() - low) * (2.0 / (high - low)) - 1.0
 
 
+def generated_images(objective: Objective, n: int, *, steps: int | None, batch_size: int,
+                     generator: torch.Generator,
+                     value_range: tuple[float, float]) -> Tensor:
+    """``n`` fresh samples ``(n, C, H, W)`` of ``objective`` in [-1, 1] (float, CPU),
+    drawn ``batch_size`` at a time with ``steps`` sampler steps (None: the family's
+    default), the chunks one after another from ``generator``."""
+    chunks, remaining = [], n
+    while remaining > 0:
+        size = min(remaining, batch_size)
+        result = objective.generate(size, steps=steps, generator=generator)
+        chunks.append(result.x.detach().float().cpu())
+        remaining -= size
+    return to_unit_range(torch.cat(chunks), value_range)
+
+
+def real_images(data: InMemoryData, n: int, seed: int) -> Tensor:
+    """``n`` training images ``(n, C, H, W)`` in [-1, 1], a fixed random draw per ``seed``
+    (the real-vs-real floor of ``n`` samples' Fréchet distance)."""
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))
+    return to_unit_range(data.to_float(data.train[order[:n]]), data.value_range)
+
+
 def evaluate_model(cfg: DictConfig, objective: Objective, data: InMemoryData,
                    device: torch.device) -> EvalReport:
     """All metrics of ``objective``'s model that fit ``data``; see the module docstring."""
@@ -153,14 +175,10 @@ def _sample_quality(cfg: DictConfig, objective: Objective, data: InMemoryData, t
     """``samples/*``: fresh samples from noise; ``buffer/*``: the replay buffer, where the
     family keeps one. Each with the real-vs-real floor of the same count and the ratio."""
     evaluator = get_evaluator(data.name, cfg.dataset.get("root"))
-    chunks, remaining = [], settings.n_samples
-    while remaining > 0:
-        n = min(remaining, settings.batch_size)
-        result = objective.generate(n, steps=settings.sample_steps, generator=generator)
-        chunks.append(result.x.detach().float().cpu())
-        remaining -= n
+    samples = generated_images(objective, settings.n_samples, steps=settings.sample_steps,
+                               batch_size=settings.batch_size, generator=generator,
+                               value_range=data.value_range)
     reference = to_unit_range(test.cpu(), data.value_range)
-    samples = to_unit_range(torch.cat(chunks), data.value_range)
     metrics = _scored(cfg, evaluator, samples, reference, data)
     metrics["evaluator_test_accuracy"] = float(evaluator.test_accuracy or 0.0)
     if settings.inception_fid:
@@ -185,10 +203,8 @@ def _scored(cfg: DictConfig, evaluator: Evaluator, samples: Tensor, reference: T
     images, a fixed draw per seed) and ``frechet_over_floor`` (FD / floor: 1 = as close as
     real data of that count)."""
     metrics = sample_quality(evaluator, samples, reference)
-    idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(cfg.seed))
-    train_subset = to_unit_range(data.to_float(data.train[idx[: len(samples)]]),
-                                 data.value_range)
-    metrics["frechet_real_floor"] = real_floor(evaluator, train_subset, reference)
+    real = real_images(data, len(samples), cfg.seed)
+    metrics["frechet_real_floor"] = real_floor(evaluator, real, reference)
     metrics["frechet_over_floor"] = metrics["frechet"] / metrics["frechet_real_floor"]
     return {k: float(v) for k, v in metrics.items()}
 

@@ -29,7 +29,7 @@ from ebmrun import distributed as ddp
 from ebmrun import seeds
 from ebmrun.callbacks.base import Callback, RunState
 from ebmrun.ema import maybe_applied
-from ebmrun.evaluation import to_unit_range
+from ebmrun.evaluation import generated_images, real_images, to_unit_range
 from ebmrun.metrics.evaluator import RECIPES, Evaluator, load_evaluator, shipped_path
 from ebmrun.metrics.frechet import feature_stats, frechet_from_stats
 from ebmrun.objectives.common import eval_mode
@@ -69,11 +69,8 @@ class QualityProbe(Callback):
         self.evaluator = load_evaluator(shipped_path(data.name), data.name)
         test = to_unit_range(data.to_float(data.test[:REFERENCE_TEST]), data.value_range)
         self.reference = feature_stats(self.evaluator.features(test))
-        order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(
-            seeds.QUALITY.seed(run.cfg.seed)))
-        real = to_unit_range(data.to_float(data.train[order[: self.n_samples]]),
-                             data.value_range)
-        self.floor = self._frechet(real)
+        self.floor = self._frechet(real_images(data, self.n_samples,
+                                               seeds.QUALITY.seed(run.cfg.seed)))
 
     @torch.no_grad()
     def measure(self, run: RunState) -> dict[str, float]:
@@ -86,14 +83,11 @@ class QualityProbe(Callback):
                 self._prepare(run)
             generator = torch.Generator(device=device).manual_seed(
                 seeds.QUALITY.seed(run.cfg.seed))
-            chunks, left = [], self.n_samples
             with maybe_applied(run.ema), eval_mode(objective.model):
-                while left > 0:
-                    n = min(left, run.cfg.eval.batch_size)
-                    result = objective.generate(n, steps=self.steps, generator=generator)
-                    chunks.append(result.x.detach().float().cpu())
-                    left -= n
-        samples = to_unit_range(torch.cat(chunks), run.data.value_range)
+                samples = generated_images(objective, self.n_samples, steps=self.steps,
+                                           batch_size=run.cfg.eval.batch_size,
+                                           generator=generator,
+                                           value_range=run.data.value_range)
         frechet = self._frechet(samples) if bool(torch.isfinite(samples).all()) else float("nan")
         return {"quality/frechet": frechet, "quality/frechet_real_floor": self.floor}
 
