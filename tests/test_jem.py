@@ -1,8 +1,9 @@
 """JEM: the classifier's energies, calibration, learning, the divergence guard, conditional
-sampling and composition of energies."""
+sampling, composition of energies and the replay buffer scored by task=eval."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,12 @@ from ebmrun.checkpoint import load_checkpoint
 from ebmrun.composition import Term, block_labels, composed_energy
 from ebmrun.config import merge_overrides
 from ebmrun.errors import UserError
-from ebmrun.evaluation import evaluate_model
+from ebmrun.evaluation import eval_task, evaluate_model
 from ebmrun.metrics.calibration import expected_calibration_error
 from ebmrun.models.analytic import GaussianEnergy
 from ebmrun.models.jem import ClassifierEnergy
 from ebmrun.objectives.base import DataInfo
+from ebmrun.objectives.jem import JEM
 from ebmrun.objectives.no_training import NoTraining
 from ebmrun.run import train
 from ebmrun.samplers.mala import MALA
@@ -151,6 +153,42 @@ def test_sample_label_and_compose(tmp_path: Path) -> None:
     assert 0.0 <= metrics["compose/share_1"] + metrics["compose/share_7"] <= 1.0
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["compose"] == [{"weight": 2.0, "label": 1}, {"weight": -1.0, "label": None}]
+
+
+def test_eval_scores_the_checkpoints_replay_buffer(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """task=eval of a JEM checkpoint scores its replay buffer beside the fresh samples
+    (``buffer/*``, as for the deep EBM): the buffer saved in the checkpoint, not a new one.
+    Plain cross-entropy (px_weight 0) runs no chains, so it has no buffer to score."""
+    train(compose_config([*SMALL, "trainer.max_steps=3"]), tmp_path / "run")
+    ckpt = load_checkpoint(tmp_path / "run")
+    scored, replay_samples = [], JEM.replay_samples
+
+    def spy(self, n, generator):
+        scored.append(self.buffer.data.clone())
+        return replay_samples(self, n, generator)
+
+    monkeypatch.setattr(JEM, "replay_samples", spy)
+    small = ["eval.n_samples=16", "eval.max_test=64", "eval.sample_steps=1", "eval.ood=[]"]
+    overrides = ["task=eval", f"ckpt={tmp_path / 'run'}", *small]
+    cfg = merge_overrides(ckpt["config"], compose_config(overrides), overrides)
+    (tmp_path / "eval").mkdir()
+    metrics = eval_task(cfg, tmp_path / "eval", ckpt)
+    assert len(scored) == 1 and torch.equal(scored[0], ckpt["objective"]["buffer"]["data"])
+    assert metrics["buffer/n_samples"] == metrics["samples/n_samples"] == 16
+    for key in ("buffer/frechet", "buffer/frechet_real_floor", "buffer/classes_present",
+                "buffer/mean_confidence"):
+        assert math.isfinite(metrics[key]), key
+    assert metrics["buffer/frechet_over_floor"] == pytest.approx(
+        metrics["buffer/frechet"] / metrics["buffer/frechet_real_floor"])
+    assert metrics["buffer/frechet"] != metrics["samples/frechet"]
+
+    cfg = compose_config([*SMALL, "model.objective.px_weight=0", *small])
+    data = load_data(cfg)
+    parts = build_components(cfg, data_info_of(data))
+    metrics = evaluate_model(cfg, parts.objective, data, parts.device).metrics
+    assert "samples/frechet" in metrics
+    assert not any(k.startswith("buffer/") for k in metrics), sorted(metrics)
 
 
 def test_refusals(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from ebmrun.metrics.normaliser import grid_report
 from ebmrun.metrics.ood import auroc, flipped, uniform_noise_like
 from ebmrun.metrics.sample_quality import real_floor, sample_quality
 from ebmrun.objectives.base import EvalReport, Objective
+from ebmrun.objectives.replay_buffer import ReplayBufferCD
 from ebmrun.outputs import png_bytes
 
 # The natural outlier set of each MNIST-like dataset (same shape, different content).
@@ -227,6 +228,9 @@ def eval_task(cfg: DictConfig, run_dir: Path, ckpt: dict | None) -> dict:
         raise UserError(f"the checkpoint was trained on items of shape {info.item_shape} but "
                         f"dataset {data.name} has {data.item_shape} (fix: evaluate on the "
                         f"checkpoint's own dataset)")
+    if ckpt is not None and isinstance(parts.objective, ReplayBufferCD):
+        # buffer/* scores the trained chains: the checkpoint's buffer, not a new one of noise.
+        parts.objective.load_state_dict(ckpt["objective"])
     step = int(ckpt["step"]) if ckpt is not None else 0
     report = evaluate_model(cfg, parts.objective, data, parts.device)
     logger = RunLogger(run_dir)
