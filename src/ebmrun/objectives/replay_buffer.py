@@ -9,14 +9,17 @@ by the sampler once more and written back at age a + 1; one restarted from noise
 back at age 1. So age x ``sampler.steps`` is how many MCMC steps a negative has had; the
 initial noise of a new buffer has age 0. The ages are bookkeeping only: they draw no random
 numbers, so training is the same with or without them.
+
+:class:`ReplayBufferCD` holds what the objectives trained by contrastive divergence against
+such a buffer (the deep EBM's, JEM) share: data noise, the negative phase, the loss terms.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
-
-from typing import TYPE_CHECKING
 
 from ebmrun.samplers.base import SampleResult, Sampler
 
