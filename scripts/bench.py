@@ -144,6 +144,8 @@ def step_rate(cfg, warmup: int, iters: int) -> dict:
     }
     if parts.device.type == "cuda":
         result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        # How many sampler loops run as CUDA graphs (0: eager; see ebmrun.samplers.graphed).
+        result["cuda_graphs"] = len(parts.sampler.__dict__.get("_graphs", ()))
     return result
 
 

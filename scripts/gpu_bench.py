@@ -52,9 +52,9 @@ def config(overrides: list[str]):
         return compose("config", overrides=overrides)
 
 
-def bench() -> list[dict]:
+def bench(experiments: list[str]) -> list[dict]:
     rows = []
-    for name in EXPERIMENTS:
+    for name in experiments:
         row: dict = {"experiment": name}
         variants = {"eager": ["device.cuda_graphs=false"], "graphs": []}
         if name == "deep_ebm_mnist":
@@ -67,6 +67,7 @@ def bench() -> list[dict]:
                 row[f"{label}_ms"] = round(1000 * result["s_per_iter"], 3)
                 row["batch"] = result["batch_size"]
                 row[f"{label}_peak_mb"] = result.get("peak_cuda_mb")
+                row[f"{label}_captured"] = result.get("cuda_graphs")
             except Exception as error:  # noqa: BLE001 - one row's failure must not end the table
                 row[f"{label}_error"] = f"{type(error).__name__}: {error}"[:300]
             if DEVICE == "cuda":
@@ -100,6 +101,7 @@ def sampler() -> list[dict]:
                 chain.sample(net.energy, x0, generator=gen)
             torch.cuda.synchronize()
             row[f"{label}_ms_per_step"] = round((time.perf_counter() - start) / 600 * 1000, 4)
+            row[f"{label}_captured"] = len(chain.__dict__.get("_graphs", ()))
         row["speedup"] = round(row["eager_ms_per_step"] / row["graphs_ms_per_step"], 2)
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -107,13 +109,13 @@ def sampler() -> list[dict]:
 
 
 def run(command: list[str], timeout: int = 600) -> tuple[str, float]:
+    """``command``'s standard output and wall seconds (an error with its output if it fails)."""
     start = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    output = done.stdout + done.stderr
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:4])}... exited {done.returncode}: "
-                           f"{output[-1500:]}")
-    return output, time.perf_counter() - start
+                           f"{(done.stdout + done.stderr)[-1500:]}")
+    return done.stdout, time.perf_counter() - start
 
 
 def torchebm() -> dict:
@@ -154,14 +156,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("gpu_bench.json"))
     parser.add_argument("--sections", default="bench,sampler,torchebm,tests,quality")
+    parser.add_argument("--experiments", default=",".join(EXPERIMENTS),
+                        help="comma-separated experiments for the bench section")
     parser.add_argument("--quality-steps", type=int, default=1000)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_bench: no CUDA GPU here (this script measures the GPU path)")
     table: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
                    "cuda": torch.version.cuda, "date": time.strftime("%Y-%m-%d")}
-    sections = {"bench": bench, "sampler": sampler, "torchebm": torchebm, "tests": tests,
-                "quality": lambda: quality(args.quality_steps)}
+    sections = {"bench": lambda: bench(args.experiments.split(",")), "sampler": sampler,
+                "torchebm": torchebm, "tests": tests, "quality": lambda: quality(args.quality_steps)}
     for name in args.sections.split(","):
         start = time.perf_counter()
         try:

@@ -24,6 +24,7 @@ shape, steps, generator, sampler settings), at most :data:`MAX_GRAPHS` per sampl
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -43,6 +44,13 @@ def energy_module(energy_fn) -> nn.Module | None:
         return energy_fn
     owner = getattr(energy_fn, "__self__", None) if inspect.ismethod(energy_fn) else None
     return owner if isinstance(owner, nn.Module) else None
+
+
+def same_cuda_device(generator_device: torch.device, tensor_device: torch.device) -> bool:
+    """Whether a generator serves tensors on ``tensor_device``: ``torch.Generator("cuda")``
+    reports ``cuda`` without an index (the current device) while tensors say ``cuda:0``."""
+    return generator_device.type == "cuda" and generator_device.index in (
+        None, tensor_device.index)
 
 
 def settings_of(sampler: Sampler) -> tuple:
@@ -68,9 +76,9 @@ def graph_key(sampler: Sampler, energy_fn: EnergyFn, x0: Tensor, steps: int,
     # Modules may opt out (e.g. the deep EBM's own torch.compile with CUDA graphs inside).
     if module is None or not getattr(module, "graph_capturable", True):
         return None
-    if generator is not None and (generator.device != x0.device
-                                  or not hasattr(torch.cuda.CUDAGraph,
-                                                 "register_generator_state")):
+    if generator is not None and not (same_cuda_device(generator.device, x0.device)
+                                      and hasattr(torch.cuda.CUDAGraph,
+                                                  "register_generator_state")):
         return None
     return (energy_fn, module.training, tuple(x0.shape), x0.dtype, x0.device, steps,
             id(generator), settings_of(sampler))
@@ -105,9 +113,15 @@ def capture(sampler: Sampler, energy_fn: EnergyFn, x0: Tensor, steps: int,
     graph = torch.cuda.CUDAGraph()
     if generator is not None:
         graph.register_generator_state(generator)
-    # thread_local: TensorBoard's writer thread may run while we capture.
-    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-        loop = sampler.run_loop(energy_fn, static_x0, steps, generator)
+    try:
+        # thread_local: TensorBoard's writer thread may run while we capture.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            loop = sampler.run_loop(energy_fn, static_x0, steps, generator)
+    finally:  # a capture draws no numbers, but a failed one must not leave them moved
+        if generator is not None:
+            generator.set_state(rng)
+        else:
+            torch.cuda.set_rng_state(rng, device)
     return CapturedLoop(graph=graph, x0=static_x0, loop=loop)
 
 
@@ -121,7 +135,14 @@ def replay_or_none(sampler: Sampler, energy_fn: EnergyFn, x0: Tensor, steps: int
     cache: OrderedDict = sampler.__dict__.setdefault("_graphs", OrderedDict())
     captured = cache.get(key)
     if captured is None:
-        captured = cache[key] = capture(sampler, energy_fn, x0, steps, generator)
+        try:
+            captured = cache[key] = capture(sampler, energy_fn, x0, steps, generator)
+        except RuntimeError as error:  # e.g. an energy that syncs with the host
+            sampler.cuda_graphs = False  # the generator is untouched: eager gives the same run
+            warnings.warn(f"{type(sampler).__name__}: could not record its loop as a CUDA "
+                          f"graph ({str(error).splitlines()[0][:200]}); running eagerly "
+                          f"(device.cuda_graphs=false silences this)", stacklevel=3)
+            return None
         while len(cache) > MAX_GRAPHS:
             cache.popitem(last=False)
     cache.move_to_end(key)
