@@ -31,7 +31,7 @@ class SampleResult:
     Attributes:
         x: final states, same shape as ``x0``.
         stats: diagnostics for people tuning the sampler. Per-step traces are 1-D tensors of
-            length ``steps`` (``energy``: mean energy, ``grad_norm``: mean per-chain L2 norm of
+            length ``steps`` on the chains' device (``energy``: mean energy, ``grad_norm``: mean per-chain L2 norm of
             the input gradient, ``acceptance``: mean acceptance rate, plus any extra per-step
             stat a sampler reports, e.g. ``temperature``); scalars are floats (``step_size``
             after adaptation, ``acceptance_rate`` overall, sampler-specific extras such as
@@ -204,13 +204,15 @@ class Sampler(ABC):
         return Loop(x=x, traces=traces, state=state, chain=chain, per_chain=per_chain)
 
     def finish(self, energy_fn: EnergyFn, loop: "Loop", steps: int) -> SampleResult:
-        """The :class:`SampleResult` of a finished loop: traces on the CPU, run-level stats."""
+        """The :class:`SampleResult` of a finished loop with its run-level stats. The traces
+        stay on the chains' device: copying them to the host here would make the CPU wait
+        for the chains before it can queue the rest of a training step."""
         x = loop.x
-        stats: dict[str, Tensor | float] = {k: v.cpu() for k, v in loop.traces.items()}
+        stats: dict[str, Tensor | float] = dict(loop.traces)
         stats.update(self.final_stats(loop.state))
         stats["warmup_steps"] = float(self.warmup_for(steps))
         if steps:
-            stats["acceptance_rate"] = float(stats["acceptance"].mean())
+            stats["acceptance_rate"] = self.acceptance_rate(stats["acceptance"])
         result = SampleResult(x=x.detach(), stats=stats, chain=loop.chain)
         record, small = self.record_chains, x[0].numel() <= TRACE_MAX_DIMS
         if record and loop.per_chain:
@@ -221,6 +223,11 @@ class Sampler(ABC):
         if record and small:
             result.score = self.target_score(energy_fn, x)
         return result
+
+    def acceptance_rate(self, acceptance: Tensor) -> float:
+        """The run's mean acceptance from its per-step trace ``(steps,)`` (a host sync;
+        samplers that accept every move override it with the constant)."""
+        return float(acceptance.mean())
 
     def chain_energy(self, energy_fn: EnergyFn, x: Tensor, state: dict) -> Tensor:
         """Each chain's energy ``(B,)`` at ``x`` for the diagnostic traces."""

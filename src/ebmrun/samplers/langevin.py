@@ -55,5 +55,8 @@ class Langevin(Sampler):
         return x, state, {"energy": energy.mean(), "grad_norm": grad_norm,
                           "acceptance": x.new_ones(())}
 
+    def acceptance_rate(self, acceptance: Tensor) -> float:
+        return 1.0  # unadjusted: every move is taken (and reading the trace would sync)
+
     def final_stats(self, state: dict) -> dict[str, float]:
         return {"step_size": self.step_size}
