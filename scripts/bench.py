@@ -112,6 +112,43 @@ def probe_seconds(cfg) -> dict[str, float]:
             "quality_samples": cfg.trainer.quality_samples}
 
 
+def step_rate(cfg, warmup: int, iters: int) -> dict:
+    """Images per second of the training step alone (objective + backward + optimizer) on
+    real batches: the median of ``iters`` timed steps after ``warmup`` untimed ones (which
+    also capture any CUDA graph)."""
+    data = load_data(cfg)
+    parts = build_components(cfg, data_info_of(data))
+    optimizers = parts.objective.configure_optimizers(optim_settings(cfg))
+    batches = make_batches(cfg, data)
+    train_set = data.train.to(parts.device)
+    sync = torch.cuda.synchronize if parts.device.type == "cuda" else (lambda: None)
+
+    times = []
+    for i in range(warmup + iters):
+        idx = batches.next_indices()
+        x = data.to_float(train_set[idx.to(parts.device)])
+        y = data.train_labels[idx].to(parts.device) if parts.objective.uses_labels else None
+        sync()
+        start = time.perf_counter()
+        training_step(parts.objective, optimizers, x, cfg.trainer.grad_clip, y=y)
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    s_per_iter = statistics.median(times)
+    result = {
+        "model": cfg.model.name, "dataset": data.name,
+        "images_per_s": round(cfg.trainer.batch_size / s_per_iter, 1),
+        "s_per_iter": round(s_per_iter, 5), "batch_size": cfg.trainer.batch_size,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "threads": torch.get_num_threads(), "device": str(parts.device),
+    }
+    if parts.device.type == "cuda":
+        result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        # How many sampler loops run as CUDA graphs (0: eager; see ebmrun.samplers.graphed).
+        result["cuda_graphs"] = len(parts.sampler.__dict__.get("_graphs", ()))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=deep_ebm")
@@ -142,36 +179,8 @@ def main() -> None:
                           "cpu_s_per_iter": round(cpu_per_iter, 5), "iters": args.iters,
                           "threads": torch.get_num_threads(), "overrides": args.overrides}))
         return
-    data = load_data(cfg)
-    parts = build_components(cfg, data_info_of(data))
-    optimizers = parts.objective.configure_optimizers(optim_settings(cfg))
-    batches = make_batches(cfg, data)
-    train_set = data.train.to(parts.device)
-    sync = torch.cuda.synchronize if parts.device.type == "cuda" else (lambda: None)
-
-    times = []
-    for i in range(args.warmup + args.iters):
-        idx = batches.next_indices()
-        x = data.to_float(train_set[idx.to(parts.device)])
-        y = data.train_labels[idx].to(parts.device) if parts.objective.uses_labels else None
-        sync()
-        start = time.perf_counter()
-        training_step(parts.objective, optimizers, x, cfg.trainer.grad_clip, y=y)
-        sync()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
-    s_per_iter = statistics.median(times)
-    result = {
-        "model": cfg.model.name, "dataset": data.name,
-        "images_per_s": round(cfg.trainer.batch_size / s_per_iter, 1),
-        "s_per_iter": round(s_per_iter, 5), "batch_size": cfg.trainer.batch_size,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "threads": torch.get_num_threads(), "device": str(parts.device),
-        "overrides": args.overrides,
-    }
-    if parts.device.type == "cuda":
-        result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    print(json.dumps(result))
+    print(json.dumps({**step_rate(cfg, args.warmup, args.iters),
+                      "overrides": args.overrides}))
 
 
 if __name__ == "__main__":

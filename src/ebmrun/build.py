@@ -169,6 +169,7 @@ def build_components(cfg: DictConfig, data_info: DataInfo) -> Components:
     model = model.to(device)
     node, box_from_data = sampler_node(cfg)
     sampler = instantiate(node, "sampler", **({"box": list(data_info.box)} if box_from_data else {}))
+    sampler.cuda_graphs = bool(cfg.device.cuda_graphs)
     # Under DDP each rank samples its own negatives / replay buffer: seeds differ by rank.
     generator = torch.Generator(device=device).manual_seed(rank_seed(seeds.SAMPLER.seed(cfg.seed)))
     objective = instantiate(cfg.model.objective, "model.objective", model=model,

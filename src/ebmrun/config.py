@@ -128,10 +128,15 @@ class EvalConfig:
 
 @dataclass
 class DeviceConfig:
-    """``auto`` picks cuda > mps > cpu; ``threads`` sets torch's CPU thread count."""
+    """``auto`` picks cuda > mps > cpu; ``threads`` sets torch's CPU thread count;
+    ``cuda_graphs``: samplers replay their loop as a CUDA graph (CUDA only, see
+    :mod:`ebmrun.samplers.graphed`); ``tf32``: TensorFloat-32 matrix products on CUDA (convolutions
+    use it by torch's default)."""
 
     name: str = "auto"
     threads: Optional[int] = None
+    cuda_graphs: bool = True
+    tf32: bool = False
 
 
 @dataclass

@@ -19,7 +19,7 @@ AUTO_ORDER = ("cuda", "mps", "cpu")
 def resolve_device(cfg: DeviceConfig) -> torch.device:
     """The torch device named by ``cfg.name`` (``auto``: first available of cuda, mps, cpu).
 
-    Also applies ``cfg.threads`` to torch's CPU thread pool.
+    Also applies ``cfg.threads`` to torch's CPU thread pool and, on CUDA, ``cfg.tf32``.
     """
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -31,4 +31,6 @@ def resolve_device(cfg: DeviceConfig) -> torch.device:
     if not AVAILABLE[name]():
         raise UserError(f"device={name} was requested but {name.upper()} is not available on "
                         f"this machine (fix: device=cpu or device=auto)")
+    if name == "cuda" and cfg.tf32:  # convolutions already use TF32 by torch's default
+        torch.backends.cuda.matmul.allow_tf32 = True
     return torch.device(name)

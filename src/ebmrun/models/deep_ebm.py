@@ -117,6 +117,12 @@ class DeepEnergy(nn.Module):
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
 
+    @property
+    def graph_capturable(self) -> bool:
+        """Samplers may record this energy in their CUDA graph (not when ``compile`` puts
+        torch.compile's own CUDA graphs inside; see :mod:`ebmrun.samplers.graphed`)."""
+        return self.compile_mode is None
+
     def energy(self, x: Tensor) -> Tensor:
         """Energies ``(B,)`` of ``x`` ``(B, *item_shape)``."""
         if self.compile_mode is not None and x.is_cuda:

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ebmrun.samplers import graphed
+
 EnergyFn = Callable[[Tensor], Tensor]
 
 
@@ -29,7 +31,7 @@ class SampleResult:
     Attributes:
         x: final states, same shape as ``x0``.
         stats: diagnostics for people tuning the sampler. Per-step traces are 1-D tensors of
-            length ``steps`` (``energy``: mean energy, ``grad_norm``: mean per-chain L2 norm of
+            length ``steps`` on the chains' device (``energy``: mean energy, ``grad_norm``: mean per-chain L2 norm of
             the input gradient, ``acceptance``: mean acceptance rate, plus any extra per-step
             stat a sampler reports, e.g. ``temperature``); scalars are floats (``step_size``
             after adaptation, ``acceptance_rate`` overall, sampler-specific extras such as
@@ -63,6 +65,18 @@ class SampleResult:
             else:
                 out[key] = float(value)
         return out
+
+
+@dataclass
+class Loop:
+    """What :meth:`Sampler.run_loop` leaves behind: final states ``x`` ``(B, ...)``, per-step
+    traces ``(steps,)`` on x's device, the sampler's state, snapshots and per-chain rows."""
+
+    x: Tensor
+    traces: dict[str, Tensor]
+    state: dict
+    chain: list[Tensor] = field(default_factory=list)
+    per_chain: list[Tensor] = field(default_factory=list)
 
 
 def energy_and_grad(energy_fn: EnergyFn, x: Tensor, autocast_dtype: torch.dtype | None = None
@@ -123,6 +137,12 @@ class Sampler(ABC):
     #: Record per-chain traces and the final score for diagnostics (``task=sample`` turns it
     #: on); costs one extra energy evaluation per step.
     record_chains: bool = False
+    #: Whether :meth:`step` can be recorded in a CUDA graph: no host syncs (``float(t)``,
+    #: ``.item()``, boolean indexing) and no Python branch on tensor values. Samplers that
+    #: say so run their whole loop as one replayed graph on CUDA.
+    capturable: bool = False
+    #: Use CUDA graphs where :attr:`capturable` (``device.cuda_graphs``; off = plain eager).
+    cuda_graphs: bool = True
 
     def __init__(self, steps: int = 60, temperature: float = 1.0,
                  box: Sequence[float] | None = None, autocast: str | None = None) -> None:
@@ -140,10 +160,27 @@ class Sampler(ABC):
 
     def sample(self, energy_fn: EnergyFn, x0: Tensor, *, steps: int | None = None,
                generator: torch.Generator | None = None, snapshot_every: int = 0) -> SampleResult:
-        """Run ``steps`` MCMC steps from ``x0`` ``(B, ...)``; returns the final states and stats."""
+        """Run ``steps`` MCMC steps from ``x0`` ``(B, ...)``; returns the final states and stats.
+
+        On CUDA, a loop that can be captured (see :mod:`ebmrun.samplers.graphed`) is recorded
+        once as a CUDA graph and replayed: the same kernels and random numbers, without the
+        per-kernel launch cost that makes small energies launch-bound.
+        """
         steps = self.steps if steps is None else int(steps)
+        captured = graphed.replay_or_none(self, energy_fn, x0, steps, generator,
+                                          snapshot_every)
+        loop = captured if captured is not None else self.run_loop(
+            energy_fn, x0, steps, generator, snapshot_every)
+        return self.finish(energy_fn, loop, steps)
+
+    def run_loop(self, energy_fn: EnergyFn, x0: Tensor, steps: int,
+                 generator: torch.Generator | None, snapshot_every: int = 0) -> "Loop":
+        """The ``steps`` MCMC steps themselves, without a host sync while the chains run:
+        per-step statistics go into traces on x's device, read once at the end."""
         x = self.project(x0.detach().clone())
-        traces = {name: torch.zeros(steps) for name in ("energy", "grad_norm", "acceptance")}
+        device = x.device
+        traces = {name: torch.zeros(steps, device=device)
+                  for name in ("energy", "grad_norm", "acceptance")}
         chain = [x.clone()] if snapshot_every > 0 else []
         state = self.init_state(energy_fn, x, generator)
         state["steps"] = steps
@@ -156,7 +193,7 @@ class Sampler(ABC):
             for name, value in step_stats.items():
                 trace = traces.get(name)
                 if trace is None:  # extra per-step stats (temperature, ...) become traces too
-                    trace = traces[name] = torch.zeros(steps)
+                    trace = traces[name] = torch.zeros(steps, device=device)
                 trace[t] = value
             if snapshot_every > 0 and ((t + 1) % snapshot_every == 0 or t + 1 == steps):
                 chain.append(x.clone())
@@ -164,20 +201,33 @@ class Sampler(ABC):
                 row = [self.chain_energy(energy_fn, x, state)[:, None].float()]
                 per_chain.append(torch.cat(row + ([x.flatten(1).float()] if small else []), 1)
                                  .cpu())
-        stats: dict[str, Tensor | float] = dict(traces)
-        stats.update(self.final_stats(state))
+        return Loop(x=x, traces=traces, state=state, chain=chain, per_chain=per_chain)
+
+    def finish(self, energy_fn: EnergyFn, loop: "Loop", steps: int) -> SampleResult:
+        """The :class:`SampleResult` of a finished loop with its run-level stats. The traces
+        stay on the chains' device: copying them to the host here would make the CPU wait
+        for the chains before it can queue the rest of a training step."""
+        x = loop.x
+        stats: dict[str, Tensor | float] = dict(loop.traces)
+        stats.update(self.final_stats(loop.state))
         stats["warmup_steps"] = float(self.warmup_for(steps))
         if steps:
-            stats["acceptance_rate"] = float(traces["acceptance"].mean())
-        result = SampleResult(x=x.detach(), stats=stats, chain=chain)
-        if record and per_chain:
-            stacked = torch.stack(per_chain, 2)  # (B, 1 + D, steps)
+            stats["acceptance_rate"] = self.acceptance_rate(stats["acceptance"])
+        result = SampleResult(x=x.detach(), stats=stats, chain=loop.chain)
+        record, small = self.record_chains, x[0].numel() <= TRACE_MAX_DIMS
+        if record and loop.per_chain:
+            stacked = torch.stack(loop.per_chain, 2)  # (B, 1 + D, steps)
             result.chain_traces["energy"] = stacked[:, 0]
             for i in range(1, stacked.shape[1]):
                 result.chain_traces[f"x[{i - 1}]"] = stacked[:, i]
         if record and small:
             result.score = self.target_score(energy_fn, x)
         return result
+
+    def acceptance_rate(self, acceptance: Tensor) -> float:
+        """The run's mean acceptance from its per-step trace ``(steps,)`` (a host sync;
+        samplers that accept every move override it with the constant)."""
+        return float(acceptance.mean())
 
     def chain_energy(self, energy_fn: EnergyFn, x: Tensor, state: dict) -> Tensor:
         """Each chain's energy ``(B,)`` at ``x`` for the diagnostic traces."""

@@ -29,6 +29,8 @@ class Langevin(Sampler):
         steps, temperature, box, autocast: see :class:`Sampler`.
     """
 
+    capturable = True  # fixed-size tensor ops only: the whole loop replays as a CUDA graph
+
     def __init__(self, step_size: float = 10.0, noise_std: float | None = 0.005,
                  grad_clip: float | None = 0.03, steps: int = 60, temperature: float = 1.0,
                  box: Sequence[float] | None = None, autocast: str | None = None) -> None:
@@ -51,7 +53,10 @@ class Langevin(Sampler):
             x.add_(gaussian_like(x, generator), alpha=self.noise_std)
         self.project(x)
         return x, state, {"energy": energy.mean(), "grad_norm": grad_norm,
-                          "acceptance": torch.ones(())}
+                          "acceptance": x.new_ones(())}
+
+    def acceptance_rate(self, acceptance: Tensor) -> float:
+        return 1.0  # unadjusted: every move is taken (and reading the trace would sync)
 
     def final_stats(self, state: dict) -> dict[str, float]:
         return {"step_size": self.step_size}
