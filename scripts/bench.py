@@ -30,7 +30,8 @@ from hydra import compose, initialize_config_dir
 from ebmrun.build import (build_components, data_info_of, load_data, make_batches,
                           optim_settings, validate_config)
 from ebmrun.cli import CONFIG_DIR
-from ebmrun.run import training_step
+from ebmrun import captured_step
+from ebmrun.optimization import Updater
 
 
 class StepClock:
@@ -122,6 +123,9 @@ def step_rate(cfg, warmup: int, iters: int) -> dict:
     batches = make_batches(cfg, data)
     train_set = data.train.to(parts.device)
     sync = torch.cuda.synchronize if parts.device.type == "cuda" else (lambda: None)
+    updater = Updater(parts.objective, optimizers, [cfg.trainer.grad_clip] * len(optimizers))
+    if cfg.device.capture_step and captured_step.why_not(updater, parts.device) is None:
+        updater = captured_step.CapturedStep(updater)
 
     times = []
     for i in range(warmup + iters):
@@ -130,7 +134,7 @@ def step_rate(cfg, warmup: int, iters: int) -> dict:
         y = data.train_labels[idx].to(parts.device) if parts.objective.uses_labels else None
         sync()
         start = time.perf_counter()
-        training_step(parts.objective, optimizers, x, cfg.trainer.grad_clip, y=y)
+        updater(x, i + 1, y)
         sync()
         if i >= warmup:
             times.append(time.perf_counter() - start)
@@ -146,6 +150,7 @@ def step_rate(cfg, warmup: int, iters: int) -> dict:
         result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         # How many sampler loops run as CUDA graphs (0: eager; see ebmrun.samplers.graphed).
         result["cuda_graphs"] = len(parts.sampler.__dict__.get("_graphs", ()))
+        result["step_captured"] = getattr(updater, "graph", None) is not None
     return result
 
 

@@ -8,13 +8,14 @@ rest still run):
 
 - ``bench``: ``scripts/bench.py``'s training-step rate (30 timed steps after 5 warm-up steps,
   each experiment's own batch and sampler) for every experiment whose data is at hand, with
-  ``device.cuda_graphs=false`` (eager, the before) and ``true`` (the default, the after),
-  interleaved, plus ``device.tf32=true`` for the deep EBM.
+  ``device.cuda_graphs=false`` (eager, the before), ``true`` (the default: sampler loops as
+  graphs) and ``device.capture_step=true`` (the whole training step as a graph too).
 - ``sampler``: milliseconds per Langevin step of the deep EBM's CNN at batch 128 and 1,024,
   eager vs graph.
 - ``torchebm``: ``scripts/bench_torchebm.py`` (needs ``torchebm==0.8.9`` importable).
 - ``tests``: ``pytest tests/test_cuda_graphs.py`` (the CUDA half: replay == eager, same
-  generator state, 300 training steps end at the eager loss).
+  generator state, 300 training steps end at the eager loss, captured training steps end
+  at the eager weights); ``--tests EXPR`` selects with ``pytest -k``.
 - ``quality``: ``experiment=deep_ebm_mnist`` trained ``--quality-steps`` steps from the same
   seed with graphs off and on, each then scored by ``task=eval`` (the shipped evaluator,
   1,000 samples): FD, FD/floor, classes, confidence, and both runs' wall time.
@@ -56,9 +57,8 @@ def bench(experiments: list[str]) -> list[dict]:
     rows = []
     for name in experiments:
         row: dict = {"experiment": name}
-        variants = {"eager": ["device.cuda_graphs=false"], "graphs": []}
-        if name == "deep_ebm_mnist":
-            variants["graphs_tf32"] = ["device.tf32=true"]
+        variants = {"eager": ["device.cuda_graphs=false"], "graphs": [],
+                    "step": ["device.capture_step=true"]}
         for label, extra in variants.items():
             try:
                 cfg = config([f"experiment={name}", f"device={DEVICE}", *extra])
@@ -68,12 +68,15 @@ def bench(experiments: list[str]) -> list[dict]:
                 row["batch"] = result["batch_size"]
                 row[f"{label}_peak_mb"] = result.get("peak_cuda_mb")
                 row[f"{label}_captured"] = result.get("cuda_graphs")
+                row[f"{label}_step_captured"] = result.get("step_captured")
             except Exception as error:  # noqa: BLE001 - one row's failure must not end the table
                 row[f"{label}_error"] = f"{type(error).__name__}: {error}"[:300]
             if DEVICE == "cuda":
                 torch.cuda.empty_cache()
-        if "eager_images_per_s" in row and "graphs_images_per_s" in row:
-            row["speedup"] = round(row["graphs_images_per_s"] / row["eager_images_per_s"], 2)
+        for label in ("graphs", "step"):
+            if "eager_images_per_s" in row and f"{label}_images_per_s" in row:
+                row[f"{label}_speedup"] = round(row[f"{label}_images_per_s"]
+                                                / row["eager_images_per_s"], 2)
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -123,9 +126,9 @@ def torchebm() -> dict:
     return json.loads(output.strip().splitlines()[-1])
 
 
-def tests() -> dict:
+def tests(select: str) -> dict:
     output, seconds = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "tests/test_cuda_graphs.py"])
+                           "tests/test_cuda_graphs.py", *(["-k", select] if select else [])])
     return {"summary": output.strip().splitlines()[-1], "seconds": round(seconds, 1)}
 
 
@@ -158,14 +161,15 @@ def main() -> None:
     parser.add_argument("--sections", default="bench,sampler,torchebm,tests,quality")
     parser.add_argument("--experiments", default=",".join(EXPERIMENTS),
                         help="comma-separated experiments for the bench section")
-    parser.add_argument("--quality-steps", type=int, default=1000)
+    parser.add_argument("--quality-steps", type=int, default=300)
+    parser.add_argument("--tests", default="", help="pytest -k expression for the tests section")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_bench: no CUDA GPU here (this script measures the GPU path)")
     table: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
                    "cuda": torch.version.cuda, "date": time.strftime("%Y-%m-%d")}
     sections = {"bench": lambda: bench(args.experiments.split(",")), "sampler": sampler,
-                "torchebm": torchebm, "tests": tests, "quality": lambda: quality(args.quality_steps)}
+                "torchebm": torchebm, "tests": lambda: tests(args.tests), "quality": lambda: quality(args.quality_steps)}
     for name in args.sections.split(","):
         start = time.perf_counter()
         try:

@@ -8,6 +8,8 @@ left where an eager run leaves it, and a graph rebuilt when a setting changes.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -134,3 +136,78 @@ def test_training_with_graphs_ends_at_the_eager_loss(tmp_path):
             out = training_step(parts.objective, optimizers, x, 0.1)
         losses[graphs] = float(out["loss"].detach())
     assert losses[True] == pytest.approx(losses[False], rel=1e-3, abs=1e-4)
+
+
+def test_a_captured_step_applies_only_where_a_replay_is_the_eager_step():
+    """Where the step may be recorded, and what makes a recorded step stale (CPU-checkable)."""
+    from ebmrun.captured_step import CapturedStep, set_capturable, why_not
+    from ebmrun.ema import EMA
+    from ebmrun.objectives.base import Objective
+    from ebmrun.optimization import Updater
+
+    class Quadratic(Objective):
+        capturable_step = True
+
+        def training_step(self, x):
+            return {"loss": (self.model(x) ** 2).mean()}
+
+        def generate(self, n, **kwargs):
+            raise NotImplementedError
+
+    model = nn.Linear(3, 1)
+    objective = Quadratic(model, None, torch.Generator())
+    adam = torch.optim.Adam(model.parameters(), lr=0.1)
+    updater = Updater(objective, [adam], [None], ema=EMA(model, 0.9))
+    assert why_not(updater, torch.device("cpu")) == "not on CUDA"
+    sgd = Updater(objective, [torch.optim.SGD(model.parameters(), lr=0.1)], [None])
+    assert "SGD cannot step inside a CUDA graph" in why_not(sgd, torch.device("cuda"))
+    Quadratic.capturable_step = False
+    assert "does not declare capturable_step" in why_not(updater, torch.device("cuda"))
+    Quadratic.capturable_step = True
+    assert why_not(updater, torch.device("cuda")) is None
+
+    captured = CapturedStep(updater)
+    assert adam.param_groups[0]["capturable"]
+    set_capturable(adam, False)  # eager steps on the CPU (capturable Adam needs a GPU)
+    updater(torch.randn(4, 3), 1)
+    before = captured._tensors()
+    updater(torch.randn(4, 3), 2)
+    assert captured._tensors() == before  # steps update state in place: the graph holds
+    adam.load_state_dict(copy.deepcopy(adam.state_dict()))  # resume/rollback: new tensors
+    assert captured._tensors() != before
+    after_load = captured._tensors()
+    updater.ema.load_state_dict(updater.ema.state_dict())
+    assert captured._tensors() != after_load
+    assert captured.grad_norms is updater.grad_norms  # callbacks see the Updater's view
+
+
+@needs_cuda
+@pytest.mark.parametrize("experiment", ["vae_mnist", "ebgan_mnist", "deep_ebm_mnist"])
+def test_a_captured_training_step_ends_where_the_eager_one_does(experiment, tmp_path,
+                                                                 monkeypatch):
+    """20 steps (3 eager, then replays) with warm-up + cosine and an EMA, graphs on vs off."""
+    from hydra import compose, initialize_config_dir
+
+    from ebmrun import captured_step
+    from ebmrun.cli import CONFIG_DIR
+    from ebmrun.run import train
+
+    captures = []
+    record = captured_step.CapturedStep._capture
+    monkeypatch.setattr(captured_step.CapturedStep, "_capture",
+                        lambda self, *a: captures.append(record(self, *a)) or captures[-1])
+    weights = {}
+    for capture in (False, True):
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose("config", overrides=[
+                f"experiment={experiment}", "device=cuda", f"device.capture_step={capture}",
+                "trainer.max_steps=20", "optim.schedule=warmup_cosine", "optim.ema=0.9",
+                "trainer.progress=false", "trainer.image_every=1000",
+                "trainer.quality_every=null", "trainer.ckpt_every=1000"])
+        train(cfg, tmp_path / str(capture))
+        weights[capture] = torch.load(tmp_path / str(capture) / "last.pt", weights_only=True)
+    assert captures == [True]  # recorded once, replayed 16 times
+    for key, eager in weights[False]["model"].items():
+        torch.testing.assert_close(weights[True]["model"][key], eager, rtol=1e-3, atol=1e-4)
+    for key, eager in weights[False]["ema"].items():
+        torch.testing.assert_close(weights[True]["ema"][key], eager, rtol=1e-3, atol=1e-4)

@@ -130,12 +130,14 @@ class EvalConfig:
 class DeviceConfig:
     """``auto`` picks cuda > mps > cpu; ``threads`` sets torch's CPU thread count;
     ``cuda_graphs``: samplers replay their loop as a CUDA graph (CUDA only, see
-    :mod:`ebmrun.samplers.graphed`); ``tf32``: TensorFloat-32 matrix products on CUDA (convolutions
+    :mod:`ebmrun.samplers.graphed`); ``capture_step``: the whole training step too (see
+    :mod:`ebmrun.captured_step`); ``tf32``: TensorFloat-32 matrix products on CUDA (convolutions
     use it by torch's default)."""
 
     name: str = "auto"
     threads: Optional[int] = None
     cuda_graphs: bool = True
+    capture_step: bool = False
     tf32: bool = False
 
 

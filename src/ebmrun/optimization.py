@@ -183,6 +183,17 @@ class Updater:
         # Each group's gradient norm before clipping at its last update (0-dim tensors, read
         # by the diagnostics callback; clipping computes it anyway).
         self.grad_norms: dict[int, Tensor] = {}
+        # Updates per group in the current step, and whether the learning rates are set by
+        # the caller instead (a step replayed as a CUDA graph: ebmrun.captured_step).
+        self.updates_this_step: dict[int, int] = {}
+        self.schedules_outside = False
+
+    def apply_schedules(self, step: int) -> None:
+        """Set every group's learning rate for its update in run step ``step`` (what
+        :meth:`_update` does group by group when the step runs eagerly)."""
+        self.step = step
+        for schedule in self.schedules or ():
+            schedule.before_update(step)
 
     def __call__(self, x: Tensor, step: int = 0, y: Tensor | None = None
                  ) -> dict[str, Tensor]:
@@ -190,6 +201,7 @@ class Updater:
         each group's first update for its schedule); ``y``: the batch's labels, passed on
         to objectives that use them."""
         self.step = step
+        self.updates_this_step = {}
         forward = self.forward or self.objective.training_step
         out = forward(x) if y is None else forward(x, y)
         if self.objective.manual_optimization:
@@ -217,6 +229,7 @@ class Updater:
 
     def _update(self, i: int, loss: Tensor, several: bool) -> None:
         optimizer = self.optimizers[i]
+        self.updates_this_step[i] = self.updates_this_step.get(i, 0) + 1
         params = [p for g in optimizer.param_groups for p in g["params"]]
         optimizer.zero_grad(set_to_none=True)
         if several:  # only this group's gradients (the others' are neither needed nor kept)
@@ -232,6 +245,6 @@ class Updater:
         else:
             self.grad_norms[i] = torch.nn.utils.get_total_norm(
                 [p.grad for p in clipped if p.grad is not None])
-        if self.schedules is not None:
+        if self.schedules is not None and not self.schedules_outside:
             self.schedules[i].before_update(self.step)
         optimizer.step()

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ebmrun import distributed as ddp
 from ebmrun.build import Components
+from ebmrun.captured_step import set_capturable
 from ebmrun.checkpoint import load_model_state
 from ebmrun.data.base import BatchIterator, InMemoryData
 from ebmrun.divergence import DivergenceGuard
@@ -91,6 +92,9 @@ class RunState:
         try:
             for optimizer, state in zip(self.optimizers, ckpt["optimizers"], strict=True):
                 optimizer.load_state_dict(state)
+                # A checkpoint of a captured GPU step has Adam's capturable on: off again (the
+                # captured step turns it back on where it applies; a CPU run cannot use it).
+                set_capturable(optimizer, False)
         except ValueError as exc:  # another number or order of parameter groups
             raise UserError(f"the checkpoint's optimizer state does not fit this model's "
                             f"parameter groups ({' '.join(str(exc).split())[:120]}) (fix: "

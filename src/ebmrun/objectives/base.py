@@ -120,6 +120,9 @@ class Objective(ABC):
     # ``num_classes`` is K.
     conditional = False
     has_energy = False  # True for every subclass that overrides :meth:`energy`
+    # ``training_step`` makes no host syncs and runs the same shapes and Python path every
+    # step, so the whole step may be replayed as a CUDA graph (ebmrun.captured_step).
+    capturable_step = False
     uses_sampler = True
 
     def __init_subclass__(cls, **kwargs) -> None:

@@ -32,6 +32,11 @@ class ContrastiveDivergence(ReplayBufferCD, ChainsFromNoise, Objective):
         sample_steps: default steps for fresh samples drawn from noise (visuals, task=sample).
     """
 
+    @property
+    def capturable_step(self) -> bool:
+        """Images only: 2-D data keeps a growing window of recent points for its pictures."""
+        return self.data.is_image
+
     train_metrics = ("loss", "loss_cd", "loss_reg", "energy_data", "energy_sample",
                      "energy_gap", "sampler/*", "buffer/age_mean", "buffer/reinit_share")
     # The replay buffer scored like fresh samples (persistent chains on MNIST-like images).

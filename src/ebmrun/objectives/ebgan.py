@@ -92,6 +92,8 @@ class EBGANObjective(Objective):
         n_fixed: how many fixed latents the sample film shows.
     """
 
+    capturable_step = True
+
     train_metrics = ("loss", "loss_d", "loss_g", "energy_real", "energy_fake", "hinge_active",
                      "pt")
 

@@ -39,6 +39,8 @@ class JEM(ReplayBufferCD, ChainsFromNoise, Objective):
         ece_bins: bins of the expected calibration error in ``evaluate``.
     """
 
+    capturable_step = True  # images only: fixed shapes, the buffer draws without a sync
+
     uses_labels = True   # training_step(x, y)
     conditional = True   # E(x, y) = −f(x)[y]: sample.label, compose.labels
 

@@ -68,9 +68,15 @@ class ReplayBuffer:
             idx = torch.randint(len(self.data), (n,), device=device, generator=self.generator)
         x0 = self.data[idx]
         fresh = torch.rand(n, device=device, generator=self.generator) < reinit_fraction
-        n_fresh = int(fresh.sum())
-        if n_fresh:
-            x0[fresh] = self.uniform(n_fresh, tuple(self.data.shape[1:]), device)
+        if device.type == "cuda":
+            # No host sync, so the step can be a CUDA graph: every row draws noise and the
+            # fresh ones take it (CUDA's random stream is not the CPU's anyway).
+            noise = self.uniform(n, tuple(self.data.shape[1:]), device)
+            x0 = torch.where(fresh.view(-1, *([1] * (x0.dim() - 1))), noise, x0)
+        else:
+            n_fresh = int(fresh.sum())
+            if n_fresh:
+                x0[fresh] = self.uniform(n_fresh, tuple(self.data.shape[1:]), device)
         # The age each chain will have once the sampler has run it (0 + 1 for fresh ones).
         self._drawn_ages = torch.where(fresh, 0, self.ages[idx]) + 1
         self._drawn_fresh = fresh

@@ -49,6 +49,8 @@ class VAEObjective(Objective):
         refine_weight: weight of F in that energy.
     """
 
+    capturable_step = True
+
     train_metrics = ("loss", "kl", "neg_elbo", "recon")
     eval_metrics = ("vae/*",)
 

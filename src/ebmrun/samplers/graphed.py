@@ -68,6 +68,8 @@ def graph_key(sampler: Sampler, energy_fn: EnergyFn, x0: Tensor, steps: int,
 
     if not (x0.is_cuda and sampler.capturable and sampler.cuda_graphs and steps > 0):
         return None
+    if torch.cuda.is_current_stream_capturing():  # inside a recorded training step: the
+        return None                               # eager loop becomes part of that graph
     if snapshot_every > 0 or sampler.record_chains:
         return None
     if autocast_dtype_for(sampler.autocast, x0.device) is not None:
