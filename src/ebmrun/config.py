@@ -137,7 +137,7 @@ class DeviceConfig:
     name: str = "auto"
     threads: Optional[int] = None
     cuda_graphs: bool = True
-    capture_step: bool = False
+    capture_step: bool = True
     tf32: bool = False
 
 

@@ -92,7 +92,8 @@ class EBGANObjective(Objective):
         n_fixed: how many fixed latents the sample film shows.
     """
 
-    capturable_step = True
+    # Not capturable_step: on an H200 its replayed step ended 20 steps away from the eager
+    # one (the generator's weights, 91 % of entries beyond tolerance; cause not found).
 
     train_metrics = ("loss", "loss_d", "loss_g", "energy_real", "energy_fake", "hinge_active",
                      "pt")

@@ -39,7 +39,8 @@ class JEM(ReplayBufferCD, ChainsFromNoise, Objective):
         ece_bins: bins of the expected calibration error in ``evaluate``.
     """
 
-    capturable_step = True  # images only: fixed shapes, the buffer draws without a sync
+    # Not capturable_step yet: its replayed step (labels as a second static input) has not
+    # been checked against the eager one on a GPU.
 
     uses_labels = True   # training_step(x, y)
     conditional = True   # E(x, y) = −f(x)[y]: sample.label, compose.labels
