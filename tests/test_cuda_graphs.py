@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from ebmrun.samplers import MALA, Langevin
+from ebmrun.samplers import (HMC, MALA, NUTS, AnnealedLangevin, Langevin,
+                             RandomWalkMetropolis, UnderdampedLangevin)
 from ebmrun.samplers.graphed import energy_module, graph_key, settings_of
 
 CUDA = torch.cuda.is_available()
@@ -49,8 +50,13 @@ def test_loops_are_only_captured_where_a_graph_replays_them_exactly():
     assert settings_of(a) == settings_of(b)
     b.step_size = 2.0
     assert settings_of(a) != settings_of(b)
-    # Samplers with host-side branching (MH accept, adaptation) are not capturable.
-    assert Langevin.capturable and not MALA.capturable
+    # Which samplers' steps are fixed-size tensor ops (MH accepts are masked, adaptation is
+    # arithmetic on the step index), and which need the host: NUTS trees, replica swaps,
+    # MALA's reflected-proposal density (its number of mirror images depends on the data).
+    assert all(s.capturable for s in (langevin(), HMC(box=[-1, 1]), RandomWalkMetropolis(),
+                                      UnderdampedLangevin(box=[-1, 1]), MALA(),
+                                      MALA(box=[-1, 1], box_mode="reject")))
+    assert not any(s.capturable for s in (MALA(box=[-1, 1]), NUTS(), AnnealedLangevin()))
 
 
 def test_traces_stay_cpu_tensors_and_the_loop_is_unchanged_on_cpu():
@@ -80,9 +86,24 @@ def cuda_pair(steps: int = 40, batch: int = 16):
     return model, x0, eager, graphed
 
 
+CAPTURABLE = {
+    "langevin": langevin,
+    "mala": lambda: MALA(step_size=0.01, steps=40, adapt_steps=20),
+    "hmc": lambda: HMC(step_size=0.05, leapfrog_steps=3, steps=40, adapt_steps=20,
+                       box=[-1, 1]),
+    "rw_metropolis": lambda: RandomWalkMetropolis(step_size=0.1, steps=40, adapt_steps=20,
+                                                  box=[-1, 1]),
+    "underdamped_langevin": lambda: UnderdampedLangevin(step_size=0.05, steps=40,
+                                                        box=[-1, 1]),
+}
+
+
 @needs_cuda
-def test_a_replayed_loop_equals_the_eager_loop_and_advances_the_generator_alike():
-    model, x0, eager, graphed = cuda_pair()
+@pytest.mark.parametrize("name", sorted(CAPTURABLE))
+def test_a_replayed_loop_equals_the_eager_loop_and_advances_the_generator_alike(name):
+    model, x0, _, _ = cuda_pair()
+    eager, graphed = CAPTURABLE[name](), CAPTURABLE[name]()
+    eager.cuda_graphs = False
     gen_e = torch.Generator(device="cuda").manual_seed(7)
     gen_g = torch.Generator(device="cuda").manual_seed(7)
     for _ in range(3):  # capture, then two replays: each draws the next numbers

@@ -26,7 +26,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -57,8 +57,9 @@ def settings_of(sampler: Sampler) -> tuple:
     """The sampler's plain settings (step size, noise, clip, box, ...): baked into a graph
     as Python numbers, so a change must give another graph."""
     plain = (bool, int, float, str, type(None), tuple)
-    return tuple(sorted((k, v) for k, v in vars(sampler).items()
-                        if not k.startswith("_") and isinstance(v, plain)))
+    return tuple(sorted((k, v if isinstance(v, plain) else repr(v))
+                        for k, v in vars(sampler).items()
+                        if not k.startswith("_") and (isinstance(v, plain) or is_dataclass(v))))
 
 
 def graph_key(sampler: Sampler, energy_fn: EnergyFn, x0: Tensor, steps: int,

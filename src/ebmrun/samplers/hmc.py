@@ -41,6 +41,7 @@ class HMC(MetropolisSampler):
     """
 
     box_modes = ("reflect", "reject")
+    capturable = True  # leapfrog, reflection and the MH accept are fixed-size tensor ops
 
     def __init__(self, step_size: float = 0.1, leapfrog_steps: int = 10, jitter: float = 0.2,
                  adapt: str = "shared", target_accept: float = 0.65, adapt_steps: int = 50,

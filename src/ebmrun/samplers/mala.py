@@ -49,6 +49,12 @@ class MALA(MetropolisSampler):
                          adapt_steps=adapt_steps, box_mode=box_mode, steps=steps,
                          temperature=temperature, box=box, autocast=autocast)
 
+    @property
+    def capturable(self) -> bool:
+        """Not with ``reflect`` in a box: the density of the reflected proposal sums over as
+        many mirror images as the data need (a host-side count, see ``log_reflected_normal``)."""
+        return not (self.box is not None and self.box_mode == "reflect")
+
     def proposal_mean(self, x: Tensor, grad: Tensor, step: Tensor) -> Tensor:
         """Mean of the Langevin proposal from ``x``: ``x − ε ∇E(x)/T`` (before any reflection)."""
         return x - step * grad / self.temperature

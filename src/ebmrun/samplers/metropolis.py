@@ -199,7 +199,8 @@ class MetropolisSampler(Sampler):
                                                 self.warmup_for(state["steps"]),
                                                 state.get("groups", 1))
         grad = state["grad"]
-        grad_norm = per_chain_norm(grad).mean() if grad is not None else torch.tensor(math.nan)
+        grad_norm = (per_chain_norm(grad).mean() if grad is not None
+                     else torch.full((), math.nan, device=x.device))
         return x, state, {"energy": state["energy"].mean(), "grad_norm": grad_norm,
                           "acceptance": accept_prob.mean(),
                           "step_size_trace": state["log_step"].exp().mean()}

@@ -47,6 +47,8 @@ class RandomWalkMetropolis(MetropolisSampler):
                          temperature=temperature, box=box, autocast=autocast)
         self.track_grad_norm = bool(track_grad_norm)
 
+    capturable = True  # the proposal and the MH accept are fixed-size tensor ops
+
     def evaluate(self, energy_fn: EnergyFn, x: Tensor) -> tuple[Tensor, Tensor | None]:
         if self.track_grad_norm:
             return self._energy_and_grad(energy_fn, x)

@@ -53,6 +53,8 @@ class UnderdampedLangevin(Sampler):
         self.step_size = float(step_size)
         self.friction = float(friction)
 
+    capturable = True  # BAOAB: fixed-size tensor ops, no accept step
+
     def init_state(self, energy_fn: EnergyFn, x: Tensor, generator: torch.Generator | None
                    ) -> dict:
         energy, grad = self._energy_and_grad(energy_fn, x)
@@ -78,7 +80,7 @@ class UnderdampedLangevin(Sampler):
         p = p - (0.5 * h * inv_t) * grad  # B
         state.update(p=p, energy=energy, grad=grad)
         return x, state, {"energy": energy.mean(), "grad_norm": per_chain_norm(grad).mean(),
-                          "acceptance": torch.ones(())}
+                          "acceptance": x.new_ones(())}
 
     def final_stats(self, state: dict) -> dict[str, float]:
         return {"step_size": self.step_size}
