@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from ebmrun.samplers import HMC, MALA, RandomWalkMetropolis, ReplicaExchange
-from ebmrun.samplers.base import energy_and_grad, per_chain_view, reflect_into_box
+from ebmrun.samplers.base import energy_and_grad, per_chain_view
+from ebmrun.samplers.box import reflect_into_box
 from ebmrun.samplers.replica_exchange import swap_log_accept
 
 T = 0.7  # not 1, so a dropped temperature shows

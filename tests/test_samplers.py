@@ -20,7 +20,7 @@ from ebmrun.objectives.base import DataInfo
 from ebmrun.samplers import (HMC, MALA, SAMPLERS, STRUCTURED_SAMPLERS, AnnealedLangevin,
                              DenoisingChain, Langevin, RandomWalkMetropolis, ReplicaExchange,
                              NUTS, Sampler, StepSizeAdapter, UnderdampedLangevin)
-from ebmrun.samplers.base import in_box, reflect_into_box
+from ebmrun.samplers.box import in_box, reflect_into_box
 
 from conftest import compose_config
 

@@ -9,7 +9,6 @@ input gradients come from ``torch.autograd.grad`` with respect to ``x`` only.
 from __future__ import annotations
 
 import functools
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -20,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ebmrun.samplers import graphed
+from ebmrun.samplers.box import parse_box
 
 EnergyFn = Callable[[Tensor], Tensor]
 
@@ -106,16 +106,6 @@ def energy_only(energy_fn: EnergyFn, x: Tensor, autocast_dtype: torch.dtype | No
 def autocast_context(x: Tensor, dtype: torch.dtype | None):
     """``torch.autocast`` to ``dtype`` on ``x``'s device, or a no-op for ``None``."""
     return torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-
-def parse_box(box: Sequence[float] | None) -> tuple[float, float] | None:
-    """Validate a ``[low, high]`` box constraint (``None`` = unconstrained)."""
-    if box is None:
-        return None
-    low, high = (float(v) for v in box)
-    if not low < high:
-        raise ValueError(f"box must be [low, high] with low < high, got {list(box)}")
-    return low, high
 
 
 TRACE_MAX_DIMS = 16  # items up to this size (2-D toys, analytic targets) trace coordinates
@@ -327,47 +317,3 @@ def per_chain_sum(v: Tensor) -> Tensor:
 def per_chain_view(v: Tensor, like: Tensor) -> Tensor:
     """Reshape a per-chain ``(B,)`` tensor to ``(B, 1, ..., 1)`` so it broadcasts over ``like``."""
     return v.reshape(-1, *([1] * (like.dim() - 1)))
-
-
-def reflect_into_box(x: Tensor, low: float, high: float) -> tuple[Tensor, Tensor]:
-    """Fold ``x`` back into ``[low, high]`` by mirror reflections at the walls.
-
-    Returns the reflected tensor and a bool mask (shape of ``x``) of the entries that were
-    mirrored an odd number of times, i.e. whose velocity must flip (HMC). Reflection keeps
-    a symmetric proposal symmetric, so random-walk Metropolis stays exact with it.
-    """
-    width = high - low
-    shifted = x - low
-    folds = torch.floor(shifted / width)
-    odd = torch.remainder(folds, 2) == 1
-    inside = torch.remainder(shifted, 2 * width)  # in [0, 2w): one period of the fold
-    return low + width - (inside - width).abs(), odd
-
-
-def log_reflected_normal(y: Tensor, mean: Tensor, std: Tensor, low: float, high: float
-                         ) -> Tensor:
-    """Per-chain log density ``(B,)`` (up to a constant that depends only on ``std``) of
-    ``y = reflect_into_box(z)`` for ``z ~ N(mean, std² I)``; ``std`` broadcasts over ``y``.
-
-    The reflected point ``y`` has pre-images ``y + 2kW`` and ``2·low − y + 2kW`` (k ∈ ℤ,
-    W = high − low), so its density is the sum of the normal density over them. Only the
-    shifts k that bring some pre-image within 8 std of its mean are kept (the dropped terms
-    weigh < e^-32 each); with the mean inside the box and std ≪ W these are the point itself
-    and its mirror images at the two walls.
-    """
-    width, reach = high - low, 8.0 * float(std.max())
-    terms = []
-    # Family 1 (y + 2kW) and family 2 (2·low − y + 2kW): z − mean for k = 0 is `offset`.
-    for offset in (y - mean, 2 * low - y - mean):
-        lo, hi = float(offset.min()) - reach, float(offset.max()) + reach
-        for k in range(math.ceil(-hi / (2 * width)), math.floor(-lo / (2 * width)) + 1):
-            terms.append(-0.5 * ((offset + 2 * k * width) / std).float() ** 2)
-    return torch.logsumexp(torch.stack(terms), dim=0).flatten(1).sum(1)
-
-
-def in_box(x: Tensor, box: tuple[float, float] | None) -> Tensor:
-    """``(B,)`` bool: whether every coordinate of each chain lies within ``box``."""
-    if box is None:
-        return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    return ((x >= box[0]) & (x <= box[1])).flatten(1).all(dim=1)
-

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ebmrun.samplers.base import EnergyFn, gaussian_like, per_chain_sum, reflect_into_box
+from ebmrun.samplers.base import EnergyFn, gaussian_like, per_chain_sum
+from ebmrun.samplers.box import reflect_into_box
 from ebmrun.samplers.metropolis import MetropolisSampler
 
 

@@ -11,7 +11,7 @@ in high dimension is ≈ 0.574 (Roberts & Rosenthal 1998), the default adaptatio
 
 Box: ``reflect`` (default) folds the proposal back into the box by mirror reflection and
 uses the exact density of the reflected Gaussian (a sum over mirror images, see
-:func:`ebmrun.samplers.base.log_reflected_normal`) in the MH ratio, so the chain stays exact
+:func:`ebmrun.samplers.box.log_reflected_normal`) in the MH ratio, so the chain stays exact
 for the box-truncated target — and keeps moving when many coordinates sit at a wall (image
 backgrounds at −1), where ``reject`` would refuse nearly every proposal.
 """
@@ -23,8 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ebmrun.samplers.base import (EnergyFn, gaussian_like, log_reflected_normal, per_chain_sum,
-                                  reflect_into_box)
+from ebmrun.samplers.base import EnergyFn, gaussian_like, per_chain_sum
+from ebmrun.samplers.box import log_reflected_normal, reflect_into_box
 from ebmrun.samplers.metropolis import MetropolisSampler
 
 

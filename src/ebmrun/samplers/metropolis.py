@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ebmrun.samplers.base import (EnergyFn, Sampler, in_box, per_chain_norm,
-                                  per_chain_view)
+from ebmrun.samplers.base import EnergyFn, Sampler, per_chain_norm, per_chain_view
+from ebmrun.samplers.box import in_box
 
 ADAPT_MODES = ("shared", "per_chain", "none")
 

@@ -32,7 +32,8 @@ import torch
 from torch import Tensor
 
 from ebmrun.samplers.base import (EnergyFn, Sampler, gaussian_like, per_chain_norm,
-                                  per_chain_sum, per_chain_view, reflect_into_box)
+                                  per_chain_sum, per_chain_view)
+from ebmrun.samplers.box import reflect_into_box
 
 DIVERGENCE = 1000.0  # H above its start by this much: the integrator has blown up
 

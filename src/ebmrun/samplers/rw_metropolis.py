@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ebmrun.samplers.base import EnergyFn, gaussian_like, reflect_into_box
+from ebmrun.samplers.base import EnergyFn, gaussian_like
+from ebmrun.samplers.box import reflect_into_box
 from ebmrun.samplers.metropolis import MetropolisSampler
 
 

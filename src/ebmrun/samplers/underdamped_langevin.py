@@ -28,8 +28,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ebmrun.samplers.base import (EnergyFn, Sampler, gaussian_like, per_chain_norm,
-                                  reflect_into_box)
+from ebmrun.samplers.base import EnergyFn, Sampler, gaussian_like, per_chain_norm
+from ebmrun.samplers.box import reflect_into_box
 
 
 class UnderdampedLangevin(Sampler):
