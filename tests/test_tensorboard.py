@@ -28,6 +28,7 @@ from ebmrun.build import validate_config
 from ebmrun.job_names import job_name, swept_dirname, swept_keys
 from ebmrun.logging import RunLogger, figures, tags
 from ebmrun.logging.hparams import run_hparams
+from ebmrun.preflight import check_objective_metric
 from ebmrun.run import train
 
 EBGAN = ["model=ebgan", *[o for o in TINY if "objective" not in o]]
@@ -61,6 +62,20 @@ def logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_ok(["-m", *TINY, "trainer.max_steps=2", "trainer.image_every=100",
             "optim.lr=1e-4,3e-4", f"hydra.sweep.dir={root / 'sweep'}"], root)
     return root
+
+
+def test_the_quality_probe_ends_in_metrics_json(logdir: Path) -> None:
+    """Its last values are in metrics.json, so a sweep can optimise them (and the pre-flight
+    admits them as trainer.objective_metric); a run with the probe off has none."""
+    with_probe = json.loads((logdir / "deep_ebm" / "metrics.json").read_text())
+    assert math.isfinite(with_probe["quality/frechet"])
+    assert with_probe["quality/frechet_real_floor"] > 0
+    without = json.loads((logdir / "ebgan" / "metrics.json").read_text())
+    assert not [k for k in without if k.startswith("quality/")]
+    cfg = compose_config(["model=deep_ebm", *TINY, *QUALITY_ON,
+                          "trainer.objective_metric=quality/frechet"])
+    validate_config(cfg)
+    check_objective_metric(cfg)  # admitted: no error
 
 
 @pytest.fixture(scope="module")

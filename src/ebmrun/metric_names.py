@@ -17,7 +17,7 @@ import hydra.utils
 from omegaconf import DictConfig
 
 from ebmrun.evaluation import OTHER_DATASET
-from ebmrun.metrics.evaluator import RECIPES
+from ebmrun.metrics.evaluator import RECIPES, shipped_path
 from ebmrun.objectives.base import Objective
 
 # What the runner adds to every training run's metrics.json (numbers).
@@ -58,11 +58,28 @@ def eval_metrics(cfg: DictConfig, objective: type[Objective], dataset: str,
     return names
 
 
+def quality_metrics(cfg: DictConfig, objective: type[Objective], dataset: str,
+                    item_shape: tuple[int, ...]) -> list[str]:
+    """The quality probe's last values (:mod:`ebmrun.callbacks.quality`), under the
+    conditions it runs: on, reached within a step budget, a generator of images that a
+    shipped evaluator scores."""
+    every, steps = cfg.trainer.quality_every, cfg.trainer.max_steps
+    if not every or (steps is not None and steps < every) or len(item_shape) != 3:
+        return []
+    if not (objective.generates_new_samples and dataset in RECIPES
+            and shipped_path(dataset).is_file()):
+        return []
+    return ["quality/frechet", "quality/frechet_real_floor"]
+
+
 def train_metrics(cfg: DictConfig, data: tuple[str, tuple[int, ...]] | None) -> list[str]:
     """The numeric names (patterns) a training run's metrics.json can hold. ``data``:
-    (dataset name, item shape), needed only for the ``eval/`` names (None: leave them out)."""
+    (dataset name, item shape), needed only for the ``eval/`` and ``quality/`` names (None:
+    leave them out)."""
     objective = objective_class(cfg)
     names = [*RUN_METRICS, *objective.train_metrics]
+    if data is not None:
+        names += quality_metrics(cfg, objective, *data)
     if cfg.eval.every and data is not None:
         names += [f"eval/{n}" for n in eval_metrics(cfg, objective, *data)]
     return names

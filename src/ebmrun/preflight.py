@@ -208,14 +208,18 @@ def check_hparams_preset(choices: dict) -> None:
 
 def check_objective_metric(cfg: DictConfig) -> None:
     """``trainer.objective_metric`` must be a name this run can produce (see
-    :mod:`ebmrun.metric_names`); ``eval/*`` names need ``eval.every`` and, to know the
-    data's kind, load the data (only then)."""
+    :mod:`ebmrun.metric_names`); ``eval/*`` names need ``eval.every``, ``quality/*`` names
+    the quality probe, and both, to know the data's kind, load the data (only then)."""
     name = cfg.trainer.objective_metric
     if name.startswith("eval/") and not cfg.eval.every:
         raise UserError(f"trainer.objective_metric={name} is an evaluation metric but this run "
                         f"never evaluates (fix: eval.every=<steps>, e.g. eval.every="
                         f"{cfg.trainer.max_steps or 1000})")
-    data = load_data(cfg) if name.startswith("eval/") else None
+    if name.startswith("quality/") and not cfg.trainer.quality_every:
+        raise UserError(f"trainer.objective_metric={name} comes from the quality probe, which "
+                        f"is off in this run (fix: trainer.quality_every=<steps>, e.g. "
+                        f"trainer.quality_every=1000)")
+    data = load_data(cfg) if name.startswith(("eval/", "quality/")) else None
     names = train_metrics(cfg, None if data is None else (data.name, tuple(data.item_shape)))
     if not produced(name, names):
         what = f"{cfg.model.name} on {data.name}" if data is not None else cfg.model.name

@@ -51,6 +51,7 @@ class RunState:
     t_start: float = field(default_factory=time.perf_counter)
     scalars: dict[str, float] = field(default_factory=dict)  # last logged averages
     last_eval: dict[str, float] = field(default_factory=dict)
+    last_quality: dict[str, float] = field(default_factory=dict)  # the quality probe's last
     signal: int | None = None           # SIGINT/SIGTERM caught: checkpoint and stop
     diverged: str | None = None         # this step's divergence reason (agreed by all ranks)
     timed_out: bool = False             # the wall-clock budget is spent (agreed)

@@ -61,7 +61,8 @@ class QualityProbe(Callback):
     def on_step(self, run: RunState, x: Tensor, out: dict) -> None:
         if not self.every or not self.due(run) or not self.applies(run):
             return
-        run.logger.scalars(self.measure(run), run.step)
+        run.last_quality = self.measure(run)  # metrics.json: a sweep may optimise it
+        run.logger.scalars(run.last_quality, run.step)
 
     def _prepare(self, run: RunState) -> None:
         """The evaluator, the reference statistics and the real-vs-real floor (once)."""
