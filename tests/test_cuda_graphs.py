@@ -9,6 +9,7 @@ left where an eager run leaves it, and a graph rebuilt when a setting changes.
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -240,3 +241,23 @@ def test_a_captured_training_step_ends_where_the_eager_one_does(experiment, tmp_
             spread = (runs["eager_again"][part][key] - eager).abs().max()
             bar = torch.maximum(10 * spread, 1e-4 + 1e-3 * eager.abs().max())
             assert (runs["captured"][part][key] - eager).abs().max() <= bar, (part, key)
+
+
+def test_a_checkpoint_of_a_captured_gpu_step_resumes_on_the_cpu(tmp_path):
+    """A captured step's Adam has ``capturable`` on (and that is saved); Adam refuses that on
+    CPU parameters, so restoring a checkpoint turns it off again."""
+    from conftest import TINY, compose_config
+
+    from ebmrun.run import train
+
+    train(compose_config(["model=deep_ebm", *TINY, "trainer.max_steps=2",
+                          "trainer.quality_every=0"]), tmp_path)
+    ckpt_path = tmp_path / "last.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    for group in ckpt["optimizers"][0]["param_groups"]:  # as a GPU run with capture saves it
+        group["capturable"] = True
+    torch.save(ckpt, ckpt_path)
+    train(compose_config(["model=deep_ebm", *TINY, "trainer.max_steps=4",
+                          "trainer.quality_every=0", f"resume={tmp_path}"]), tmp_path,
+          resume_ckpt=torch.load(ckpt_path, weights_only=True))
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 4
