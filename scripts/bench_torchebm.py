@@ -1,6 +1,6 @@
-"""Langevin sampling speed side by side with torchebm (the peer a user would pick): one JSON line.
+"""Langevin sampling speed side by side with torchebm (the peer a user would pick): JSON.
 
-    pip install torchebm==0.8.9 --no-deps      # only for this comparison, never an ebmrun dependency
+    pip install torchebm==0.8.9 --no-deps   # for this comparison only, not an ebmrun dependency
     python scripts/bench_torchebm.py --device cuda [--chains 128 --steps 60 --reps 20]
 
 Both run plain Langevin, x ← clamp(x − ε∇E(x) + √(2ε)·η, −1, 1), for ``--chains`` chains and

@@ -169,7 +169,8 @@ def main() -> None:
     table: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
                    "cuda": torch.version.cuda, "date": time.strftime("%Y-%m-%d")}
     sections = {"bench": lambda: bench(args.experiments.split(",")), "sampler": sampler,
-                "torchebm": torchebm, "tests": lambda: tests(args.tests), "quality": lambda: quality(args.quality_steps)}
+                "torchebm": torchebm, "tests": lambda: tests(args.tests),
+                "quality": lambda: quality(args.quality_steps)}
     for name in args.sections.split(","):
         start = time.perf_counter()
         try:

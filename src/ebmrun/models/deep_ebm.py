@@ -24,7 +24,8 @@ def conv_energy_body(in_channels: int, image_hw: tuple[int, int], channels: Sequ
                      out_features: int = 1) -> nn.Sequential:
     """The tutorial CNN: Conv(k5,s2,p4) then Conv(k3,s2,p1) layers, Flatten, Linear, Linear.
 
-    Maps ``(B, C, H, W) -> (B, out_features)`` (1: an energy; K: a classifier's logits). The first conv's large padding keeps border strokes.
+    Maps ``(B, C, H, W) -> (B, out_features)`` (1: an energy; K: a classifier's logits).
+    The first conv's large padding keeps border strokes.
     ``polyphase_first_conv`` computes that layer's input gradient the fast way (same math,
     same parameters; see :mod:`ebmrun.models.polyphase_conv`).
     """

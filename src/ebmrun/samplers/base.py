@@ -31,11 +31,11 @@ class SampleResult:
     Attributes:
         x: final states, same shape as ``x0``.
         stats: diagnostics for people tuning the sampler. Per-step traces are 1-D tensors of
-            length ``steps`` on the chains' device (``energy``: mean energy, ``grad_norm``: mean per-chain L2 norm of
-            the input gradient, ``acceptance``: mean acceptance rate, plus any extra per-step
-            stat a sampler reports, e.g. ``temperature``); scalars are floats (``step_size``
-            after adaptation, ``acceptance_rate`` overall, sampler-specific extras such as
-            ``swap_acceptance``).
+            length ``steps`` on the chains' device (``energy``: mean energy, ``grad_norm``:
+            mean per-chain L2 norm of the input gradient, ``acceptance``: mean acceptance
+            rate, plus any extra per-step stat a sampler reports, e.g. ``temperature``);
+            scalars are floats (``step_size`` after adaptation, ``acceptance_rate`` overall,
+            sampler-specific extras such as ``swap_acceptance``).
         chain: snapshots ``[x_t]`` taken every ``snapshot_every`` steps (first and last
             included) when requested, else empty.
         chain_traces: with :attr:`Sampler.record_chains` on, per-chain per-step traces
@@ -133,6 +133,9 @@ class Sampler(ABC):
     capturable: bool = False
     #: Use CUDA graphs where :attr:`capturable` (``device.cuda_graphs``; off = plain eager).
     cuda_graphs: bool = True
+    #: Every move is taken (no accept step): the acceptance rate is 1 without reading the
+    #: per-step trace.
+    always_accepts: bool = False
 
     def __init__(self, steps: int = 60, temperature: float = 1.0,
                  box: Sequence[float] | None = None, autocast: str | None = None) -> None:
@@ -202,7 +205,9 @@ class Sampler(ABC):
         stats.update(self.final_stats(loop.state))
         stats["warmup_steps"] = float(self.warmup_for(steps))
         if steps:
-            stats["acceptance_rate"] = self.acceptance_rate(stats["acceptance"])
+            # Reading the trace is a host sync; samplers that take every move skip it.
+            stats["acceptance_rate"] = (1.0 if self.always_accepts
+                                        else float(stats["acceptance"].mean()))
         result = SampleResult(x=x.detach(), stats=stats, chain=loop.chain)
         record, small = self.record_chains, x[0].numel() <= TRACE_MAX_DIMS
         if record and loop.per_chain:
@@ -213,11 +218,6 @@ class Sampler(ABC):
         if record and small:
             result.score = self.target_score(energy_fn, x)
         return result
-
-    def acceptance_rate(self, acceptance: Tensor) -> float:
-        """The run's mean acceptance from its per-step trace ``(steps,)`` (a host sync;
-        samplers that accept every move override it with the constant)."""
-        return float(acceptance.mean())
 
     def chain_energy(self, energy_fn: EnergyFn, x: Tensor, state: dict) -> Tensor:
         """Each chain's energy ``(B,)`` at ``x`` for the diagnostic traces."""

@@ -30,6 +30,7 @@ class Langevin(Sampler):
     """
 
     capturable = True  # fixed-size tensor ops only: the whole loop replays as a CUDA graph
+    always_accepts = True  # unadjusted: no accept step
 
     def __init__(self, step_size: float = 10.0, noise_std: float | None = 0.005,
                  grad_clip: float | None = 0.03, steps: int = 60, temperature: float = 1.0,
@@ -54,9 +55,6 @@ class Langevin(Sampler):
         self.project(x)
         return x, state, {"energy": energy.mean(), "grad_norm": grad_norm,
                           "acceptance": x.new_ones(())}
-
-    def acceptance_rate(self, acceptance: Tensor) -> float:
-        return 1.0  # unadjusted: every move is taken (and reading the trace would sync)
 
     def final_stats(self, state: dict) -> dict[str, float]:
         return {"step_size": self.step_size}

@@ -54,6 +54,7 @@ class UnderdampedLangevin(Sampler):
         self.friction = float(friction)
 
     capturable = True  # BAOAB: fixed-size tensor ops, no accept step
+    always_accepts = True
 
     def init_state(self, energy_fn: EnergyFn, x: Tensor, generator: torch.Generator | None
                    ) -> dict:
