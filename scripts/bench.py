@@ -29,8 +29,8 @@ from hydra import compose, initialize_config_dir
 
 from ebmrun.build import (build_components, data_info_of, load_data, make_batches,
                           optim_settings, validate_config)
+from ebmrun.captured_step import captured_if_possible
 from ebmrun.cli import CONFIG_DIR
-from ebmrun import captured_step
 from ebmrun.optimization import Updater
 
 
@@ -123,9 +123,9 @@ def step_rate(cfg, warmup: int, iters: int) -> dict:
     batches = make_batches(cfg, data)
     train_set = data.train.to(parts.device)
     sync = torch.cuda.synchronize if parts.device.type == "cuda" else (lambda: None)
-    updater = Updater(parts.objective, optimizers, [cfg.trainer.grad_clip] * len(optimizers))
-    if cfg.device.capture_step and captured_step.why_not(updater, parts.device) is None:
-        updater = captured_step.CapturedStep(updater)
+    updater = captured_if_possible(
+        Updater(parts.objective, optimizers, [cfg.trainer.grad_clip] * len(optimizers)),
+        cfg.device.capture_step, parts.device)
 
     times = []
     for i in range(warmup + iters):

@@ -51,6 +51,15 @@ def why_not(updater: Updater, device: torch.device) -> str | None:
     return None
 
 
+def captured_if_possible(updater: Updater, enabled: bool, device: torch.device
+                         ) -> Updater | CapturedStep:
+    """``updater`` wrapped in a :class:`CapturedStep` where ``enabled``
+    (``device.capture_step``) and :func:`why_not` finds nothing against it; else as is."""
+    if enabled and why_not(updater, device) is None:
+        return CapturedStep(updater)
+    return updater
+
+
 def set_capturable(optimizer: torch.optim.Optimizer, on: bool) -> None:
     """Adam's ``capturable``: its step counters live on the parameters' device (no host
     reads), which a graph needs; off again for a CPU run or a checkpoint. Optimizers

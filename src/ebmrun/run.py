@@ -21,12 +21,12 @@ from ebmrun import distributed as ddp
 from ebmrun import seeds
 from ebmrun.build import build_components, data_info_of, load_data, make_batches, optim_settings
 from ebmrun.callbacks import RunState, default_callbacks
+from ebmrun.captured_step import captured_if_possible
 from ebmrun.checkpoint import atomic_write_bytes, atomic_write_json
 from ebmrun.divergence import DivergenceGuard
 from ebmrun.ema import EMA, maybe_applied
 from ebmrun.errors import UserError
 from ebmrun.logging.hparams import run_hparams
-from ebmrun import captured_step
 from ebmrun.optimization import Schedule, Updater, check_groups, group_settings
 from ebmrun.outputs import write_sample_files
 from ebmrun.progress import phase
@@ -132,8 +132,7 @@ def prepare(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None
     forward = ddp.step_function(objective, batches.batch_size)  # DDP under torchrun
     updater = Updater(objective, optimizers, [s.grad_clip for s in settings], run.schedules,
                       forward, run.ema)
-    if cfg.device.capture_step and captured_step.why_not(updater, parts.device) is None:
-        updater = captured_step.CapturedStep(updater)
+    updater = captured_if_possible(updater, cfg.device.capture_step, parts.device)
     run.updater = updater
     # Written only now: a refused resume leaves the run dir as it was. (DDP: rank 0 alone
     # writes the run dir.)

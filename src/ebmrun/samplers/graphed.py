@@ -102,6 +102,13 @@ def capture(sampler: Sampler, energy_fn: EnergyFn, x0: Tensor, steps: int,
     device = x0.device
     static_x0 = x0.detach().clone()
     rng = generator.get_state() if generator is not None else torch.cuda.get_rng_state(device)
+
+    def rewind() -> None:  # the random stream back to where this call found it
+        if generator is not None:
+            generator.set_state(rng)
+        else:
+            torch.cuda.set_rng_state(rng, device)
+
     # Warm up on a side stream: lazy initialisation (cuDNN handles, autograd's streams)
     # must not happen inside a capture. Two steps suffice; their random draws are undone.
     side = torch.cuda.Stream(device)
@@ -109,10 +116,7 @@ def capture(sampler: Sampler, energy_fn: EnergyFn, x0: Tensor, steps: int,
     with torch.cuda.stream(side):
         sampler.run_loop(energy_fn, static_x0, min(steps, 2), generator)
     torch.cuda.current_stream(device).wait_stream(side)
-    if generator is not None:
-        generator.set_state(rng)
-    else:
-        torch.cuda.set_rng_state(rng, device)
+    rewind()
     graph = torch.cuda.CUDAGraph()
     if generator is not None:
         graph.register_generator_state(generator)
@@ -121,10 +125,7 @@ def capture(sampler: Sampler, energy_fn: EnergyFn, x0: Tensor, steps: int,
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             loop = sampler.run_loop(energy_fn, static_x0, steps, generator)
     finally:  # a capture draws no numbers, but a failed one must not leave them moved
-        if generator is not None:
-            generator.set_state(rng)
-        else:
-            torch.cuda.set_rng_state(rng, device)
+        rewind()
     return CapturedLoop(graph=graph, x0=static_x0, loop=loop)
 
 
