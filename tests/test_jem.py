@@ -22,6 +22,7 @@ from ebmrun.objectives.base import DataInfo
 from ebmrun.objectives.jem import JEM
 from ebmrun.objectives.no_training import NoTraining
 from ebmrun.run import train
+from ebmrun.samplers.langevin import Langevin
 from ebmrun.samplers.mala import MALA
 from ebmrun.sampling import sample
 
@@ -94,6 +95,27 @@ def test_guard_stops_a_diverging_jem_without_nan_weights(tmp_path: Path) -> None
         train(cfg, tmp_path)
     ckpt = load_checkpoint(tmp_path)
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_conditional_negatives_run_each_slot_on_its_own_label() -> None:
+    """conditional_negatives: buffer slot s runs on E(x, s mod 10); off, every slot on E(x).
+    Same random stream either way (same slots drawn, same restarts), different chains."""
+    torch.manual_seed(0)
+    model = ClassifierEnergy((1, 28, 28), conv_channels=(4, 8, 8, 8), conv_hidden=16)
+    info = DataInfo((1, 28, 28), (-1.0, 1.0), (-1.0, 1.0))
+    chains, streams = {}, {}
+    for conditional in (False, True):
+        sampler = Langevin(steps=3, step_size=10.0, noise_std=0.005, grad_clip=0.03)
+        jem = JEM(model, sampler, info, torch.Generator().manual_seed(1), buffer_size=40,
+                  conditional_negatives=conditional)
+        x = torch.rand(5, 1, 28, 28) * 2 - 1
+        s = torch.tensor([0, 11, 22, 37, 39])
+        expected = model.class_energy(x, s % 10) if conditional else model.energy(x)
+        torch.testing.assert_close(jem.chain_energy(s)(x), expected)
+        chains[conditional] = jem.negatives(16).x
+        streams[conditional] = jem.generator.get_state()
+    assert torch.equal(streams[False], streams[True])
+    assert not torch.allclose(chains[False], chains[True])
 
 
 def test_conditional_labels_split_chains_into_blocks() -> None:

@@ -9,6 +9,13 @@ from a replay buffer, as for the deep EBM. λ = ``px_weight``; λ = 0 is plain c
 of the same network (no sampling). The published stabilisers are settings: 5 % of the
 chains restarted from noise (``reinit_fraction``), small SGLD noise (``sampler.noise_std``),
 the energy regulariser α (``alpha``) and noise on the real images (``data_noise_std``).
+
+``conditional_negatives`` draws the negatives ancestrally, as JEM's ``class_cond_p_x_sample``
+does: buffer slot s always holds a chain of E(x, y = s mod K), so a uniform draw of slots is a
+uniform draw of labels and the chains are samples of p(x | y) with y uniform, i.e. of p(x)
+when the model's p(y) is near uniform (balanced classes). The loss is unchanged (E(x) of the
+negatives); what changes is where the chains go: the p(x) term now raises the energy of the
+states that conditional chains (``task=sample sample.label=...``) visit.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ class JEM(ReplayBufferCD, ChainsFromNoise, Objective):
         buffer_size / reinit_fraction: the replay buffer of the negatives' chains.
         sample_steps: default steps of fresh samples from noise (pictures, task=sample).
         ece_bins: bins of the expected calibration error in ``evaluate``.
+        conditional_negatives: run buffer slot s on E(x, s mod K) instead of E(x) (above).
     """
 
     # Not capturable_step yet: its replayed step (labels as a second static input) has not
@@ -55,7 +63,7 @@ class JEM(ReplayBufferCD, ChainsFromNoise, Objective):
                  generator: torch.Generator, px_weight: float = 1.0, alpha: float = 0.0,
                  data_noise_std: float = 0.0, buffer_size: int = 10000,
                  reinit_fraction: float = 0.05, sample_steps: int = 200,
-                 ece_bins: int = 15) -> None:
+                 ece_bins: int = 15, conditional_negatives: bool = False) -> None:
         super().__init__(model, data, generator)
         if px_weight < 0 or alpha < 0:
             raise ValueError(f"px_weight and alpha must be >= 0, got {px_weight}, {alpha}")
@@ -66,6 +74,7 @@ class JEM(ReplayBufferCD, ChainsFromNoise, Objective):
         self.data_noise_std = float(data_noise_std)
         self.reinit_fraction = float(reinit_fraction)
         self.sample_steps, self.ece_bins = int(sample_steps), int(ece_bins)
+        self.conditional_negatives = bool(conditional_negatives)
         device = next(model.parameters()).device
         self.buffer = ReplayBuffer(buffer_size, data.item_shape, data.box, device, generator)
         # Plain cross-entropy runs no chains: its buffer stays noise, not worth scoring.
@@ -75,6 +84,13 @@ class JEM(ReplayBufferCD, ChainsFromNoise, Objective):
     @property
     def num_classes(self) -> int:
         return self.model.num_classes
+
+    def chain_energy(self, slots: Tensor):
+        """The energy the buffer chains in ``slots`` ``(n,)`` run on: E(x), or with
+        ``conditional_negatives`` E(x, slot mod K)."""
+        if not self.conditional_negatives:
+            return self.model.energy
+        return self.conditional_energy(slots % self.num_classes)
 
     def training_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         batch = x.shape[0]

@@ -146,13 +146,18 @@ class ReplayBufferCD:
 
     def negatives(self, n: int) -> SampleResult:
         """The negative phase: ``n`` chains drawn from the buffer (a ``reinit_fraction``
-        of them restarted from noise), run by the sampler on E(x) and, if persistent,
-        written back. The result's ``x`` is ``(n, *item_shape)``."""
+        of them restarted from noise), run by the sampler on :meth:`chain_energy` and,
+        if persistent, written back. The result's ``x`` is ``(n, *item_shape)``."""
         x0, slots = self.buffer.draw(n, self.reinit_fraction)
-        chains = self.sampler.sample(self.model.energy, x0, generator=self.generator)
+        chains = self.sampler.sample(self.chain_energy(slots), x0, generator=self.generator)
         if self.persistent:
             self.buffer.push(slots, chains.x)
         return chains
+
+    def chain_energy(self, slots: Tensor):
+        """The energy function ``(B, ...) -> (B,)`` the chains of buffer ``slots`` ``(n,)``
+        run on: E(x) (JEM may condition them on a label per slot)."""
+        return self.model.energy
 
     def contrastive_terms(self, e_data: Tensor, e_sample: Tensor,
                           chains: SampleResult) -> tuple[Tensor, dict[str, Tensor]]:
