@@ -97,25 +97,35 @@ def test_guard_stops_a_diverging_jem_without_nan_weights(tmp_path: Path) -> None
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
-def test_conditional_negatives_run_each_slot_on_its_own_label() -> None:
-    """conditional_negatives: buffer slot s runs on E(x, s mod 10); off, every slot on E(x).
-    Same random stream either way (same slots drawn, same restarts), different chains."""
+def test_conditional_negatives_deal_labels_out_by_slot() -> None:
+    """conditional_negatives=q: slots in periods of K + U (U = round(K (1 - q) / q)),
+    position j < K runs on E(x, j), the rest on E(x); q = 0: every slot on E(x). Same random
+    stream whatever q (same slots drawn, same restarts), different chains."""
     torch.manual_seed(0)
     model = ClassifierEnergy((1, 28, 28), conv_channels=(4, 8, 8, 8), conv_hidden=16)
     info = DataInfo((1, 28, 28), (-1.0, 1.0), (-1.0, 1.0))
+    x = torch.rand(6, 1, 28, 28) * 2 - 1
+    slots = torch.tensor([0, 11, 22, 37, 39, 45])
+    on_e_x = model.energy(x)
+    expected = {0.0: on_e_x,
+                1.0: model.class_energy(x, slots % 10),
+                # period 20: positions 0, 11, 2, 17, 19, 5 -> labels 0, -, 2, -, -, 5
+                0.5: torch.where(torch.tensor([1, 0, 1, 0, 0, 1], dtype=torch.bool),
+                                 model.class_energy(x, torch.tensor([0, 9, 2, 9, 9, 5])),
+                                 on_e_x)}
     chains, streams = {}, {}
-    for conditional in (False, True):
+    for q, energies in expected.items():
         sampler = Langevin(steps=3, step_size=10.0, noise_std=0.005, grad_clip=0.03)
         jem = JEM(model, sampler, info, torch.Generator().manual_seed(1), buffer_size=40,
-                  conditional_negatives=conditional)
-        x = torch.rand(5, 1, 28, 28) * 2 - 1
-        s = torch.tensor([0, 11, 22, 37, 39])
-        expected = model.class_energy(x, s % 10) if conditional else model.energy(x)
-        torch.testing.assert_close(jem.chain_energy(s)(x), expected)
-        chains[conditional] = jem.negatives(16).x
-        streams[conditional] = jem.generator.get_state()
-    assert torch.equal(streams[False], streams[True])
-    assert not torch.allclose(chains[False], chains[True])
+                  conditional_negatives=q)
+        torch.testing.assert_close(jem.chain_energy(slots)(x), energies)
+        chains[q] = jem.negatives(16).x
+        streams[q] = jem.generator.get_state()
+    assert torch.equal(streams[0.0], streams[1.0]) and torch.equal(streams[0.0], streams[0.5])
+    assert not torch.allclose(chains[0.0], chains[1.0])
+    assert not torch.allclose(chains[0.5], chains[1.0])
+    with pytest.raises(ValueError, match="conditional_negatives"):
+        JEM(model, sampler, info, torch.Generator(), conditional_negatives=1.5)
 
 
 def test_conditional_labels_split_chains_into_blocks() -> None:

@@ -10,11 +10,13 @@ of the same network (no sampling). The published stabilisers are settings: 5 % o
 chains restarted from noise (``reinit_fraction``), small SGLD noise (``sampler.noise_std``),
 the energy regulariser α (``alpha``) and noise on the real images (``data_noise_std``).
 
-``conditional_negatives`` draws the negatives ancestrally, as JEM's ``class_cond_p_x_sample``
-does: buffer slot s always holds a chain of E(x, y = s mod K), so a uniform draw of slots is a
-uniform draw of labels and the chains are samples of p(x | y) with y uniform, i.e. of p(x)
-when the model's p(y) is near uniform (balanced classes). The loss is unchanged (E(x) of the
-negatives); what changes is where the chains go: the p(x) term now raises the energy of the
+``conditional_negatives`` = q > 0 draws the negatives (partly) ancestrally, as JEM's
+``class_cond_p_x_sample`` does for q = 1: buffer slots are dealt out in periods of
+K + U slots (U = round(K (1 − q) / q)); position j < K of a period always holds a chain of
+E(x, y = j), the other U positions chains of E(x). A uniform draw of slots is then a uniform
+draw of labels, so the conditional chains sample p(x | y) with y uniform, i.e. p(x) when the
+model's p(y) is near uniform (balanced classes). The loss is unchanged (E(x) of the
+negatives); what changes is where the chains go: the p(x) term also raises the energy of the
 states that conditional chains (``task=sample sample.label=...``) visit.
 """
 
@@ -44,7 +46,7 @@ class JEM(ReplayBufferCD, ChainsFromNoise, Objective):
         buffer_size / reinit_fraction: the replay buffer of the negatives' chains.
         sample_steps: default steps of fresh samples from noise (pictures, task=sample).
         ece_bins: bins of the expected calibration error in ``evaluate``.
-        conditional_negatives: run buffer slot s on E(x, s mod K) instead of E(x) (above).
+        conditional_negatives: q, the share of buffer chains run on E(x, y) (above).
     """
 
     # Not capturable_step yet: its replayed step (labels as a second static input) has not
@@ -63,18 +65,22 @@ class JEM(ReplayBufferCD, ChainsFromNoise, Objective):
                  generator: torch.Generator, px_weight: float = 1.0, alpha: float = 0.0,
                  data_noise_std: float = 0.0, buffer_size: int = 10000,
                  reinit_fraction: float = 0.05, sample_steps: int = 200,
-                 ece_bins: int = 15, conditional_negatives: bool = False) -> None:
+                 ece_bins: int = 15, conditional_negatives: float = 0.0) -> None:
         super().__init__(model, data, generator)
         if px_weight < 0 or alpha < 0:
             raise ValueError(f"px_weight and alpha must be >= 0, got {px_weight}, {alpha}")
-        if not 0.0 <= reinit_fraction <= 1.0:
-            raise ValueError(f"reinit_fraction must be in [0, 1], got {reinit_fraction}")
+        for name, share in (("reinit_fraction", reinit_fraction),
+                            ("conditional_negatives", conditional_negatives)):
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {share}")
         self.sampler = sampler
         self.px_weight, self.alpha = float(px_weight), float(alpha)
         self.data_noise_std = float(data_noise_std)
         self.reinit_fraction = float(reinit_fraction)
         self.sample_steps, self.ece_bins = int(sample_steps), int(ece_bins)
-        self.conditional_negatives = bool(conditional_negatives)
+        self.conditional_negatives = float(conditional_negatives)
+        q, k = self.conditional_negatives, model.num_classes
+        self._unconditional_slots = round(k * (1 - q) / q) if q > 0 else 0  # U per period
         device = next(model.parameters()).device
         self.buffer = ReplayBuffer(buffer_size, data.item_shape, data.box, device, generator)
         # Plain cross-entropy runs no chains: its buffer stays noise, not worth scoring.
@@ -86,11 +92,23 @@ class JEM(ReplayBufferCD, ChainsFromNoise, Objective):
         return self.model.num_classes
 
     def chain_energy(self, slots: Tensor):
-        """The energy the buffer chains in ``slots`` ``(n,)`` run on: E(x), or with
-        ``conditional_negatives`` E(x, slot mod K)."""
-        if not self.conditional_negatives:
+        """The energy ``(n, ...) -> (n,)`` the buffer chains in ``slots`` ``(n,)`` run on:
+        E(x), or with ``conditional_negatives`` E(x, j) at period position j < K."""
+        if self.conditional_negatives == 0:
             return self.model.energy
-        return self.conditional_energy(slots % self.num_classes)
+        k = self.num_classes
+        position = slots % (k + self._unconditional_slots)
+        if self._unconditional_slots == 0:
+            return self.conditional_energy(position)
+        conditional = position < k
+        labels = position.clamp(max=k - 1).view(-1, 1)
+
+        def energy(x: Tensor) -> Tensor:
+            logits = self.model.logits(x)
+            return torch.where(conditional, -logits.gather(1, labels).squeeze(1),
+                               -torch.logsumexp(logits, dim=1))
+
+        return energy
 
     def training_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         batch = x.shape[0]
