@@ -44,6 +44,10 @@ def test_energies_are_the_logits() -> None:
     assert logits.shape == (6, 10)
     torch.testing.assert_close(model.energy(x), -torch.logsumexp(logits, 1))
     torch.testing.assert_close(model.class_energy(x, y), -logits[torch.arange(6), y])
+    # label -1: that row's E(x) (what compose.labels and conditional_negatives use)
+    torch.testing.assert_close(model.class_energy(x, torch.tensor([0, -1, 2, -1, 9, 9])),
+                               torch.where(torch.tensor([1, 0, 1, 0, 1, 1], dtype=torch.bool),
+                                           -logits[torch.arange(6), y], model.energy(x)))
     # p(y|x) = exp(-E(x,y)) / exp(-E(x)): the classifier's softmax
     torch.testing.assert_close((model.energy(x) - model.class_energy(x, y)).exp(),
                                logits.softmax(1)[torch.arange(6), y])

@@ -59,8 +59,13 @@ class ClassifierEnergy(nn.Module):
         return -torch.logsumexp(self.logits(x), dim=1)
 
     def class_energy(self, x: Tensor, y: Tensor) -> Tensor:
-        """E(x, y) = −f(x)[y] for labels ``y`` ``(B,)``: ``(B,)``."""
-        return -self.logits(x).gather(1, y.view(-1, 1).to(x.device)).squeeze(1)
+        """E(x, y) = −f(x)[y] for labels ``y`` ``(B,)``: ``(B,)``. A label −1 (the
+        convention of ``compose.labels``) gives that row E(x) instead, so chains on either
+        share one forward pass."""
+        logits = self.logits(x)
+        y = y.view(-1, 1).to(x.device)
+        picked = -logits.gather(1, y.clamp(min=0)).squeeze(1)
+        return torch.where(y.squeeze(1) >= 0, picked, -torch.logsumexp(logits, dim=1))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.logits(x)

@@ -96,19 +96,9 @@ class JEM(ReplayBufferCD, ChainsFromNoise, Objective):
         E(x), or with ``conditional_negatives`` E(x, j) at period position j < K."""
         if self.conditional_negatives == 0:
             return self.model.energy
-        k = self.num_classes
-        position = slots % (k + self._unconditional_slots)
-        if self._unconditional_slots == 0:
-            return self.conditional_energy(position)
-        conditional = position < k
-        labels = position.clamp(max=k - 1).view(-1, 1)
-
-        def energy(x: Tensor) -> Tensor:
-            logits = self.model.logits(x)
-            return torch.where(conditional, -logits.gather(1, labels).squeeze(1),
-                               -torch.logsumexp(logits, dim=1))
-
-        return energy
+        position = slots % (self.num_classes + self._unconditional_slots)
+        # Positions past the K labels run on E(x): label −1 for class_energy.
+        return self.conditional_energy(torch.where(position < self.num_classes, position, -1))
 
     def training_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         batch = x.shape[0]
