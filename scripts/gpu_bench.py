@@ -7,11 +7,14 @@ hits a time limit keeps what it measured; a section that fails records its error
 rest still run):
 
 - ``bench``: ``scripts/bench.py``'s training-step rate (30 timed steps after 5 warm-up steps,
-  each experiment's own batch and sampler) for every experiment whose data is at hand, with
-  ``device.cuda_graphs=false`` (eager, the before), ``true`` (the default: sampler loops as
-  graphs) and ``device.capture_step=true`` (the whole training step as a graph too).
+  each experiment's own batch and sampler) for every experiment whose data is at hand:
+  ``eager`` (``device.cuda_graphs=false device.capture_step=false``, the before),
+  ``graphs`` (sampler loops as graphs only) and ``default`` (the shipped ``device=cuda``:
+  the whole training step as a graph too where the family declares it), plus the
+  experiment's entries in :data:`EXTRA_VARIANTS` (e.g. the deep EBM compiled, larger
+  batches).
 - ``sampler``: milliseconds per Langevin step of the deep EBM's CNN at batch 128 and 1,024,
-  eager vs graph.
+  eager vs graph vs graph of the compiled net (``compile="default"``).
 - ``torchebm``: ``scripts/bench_torchebm.py`` (needs ``torchebm==0.8.9`` importable).
 - ``tests``: ``pytest tests/test_cuda_graphs.py`` (the CUDA half: replay == eager, same
   generator state, 300 training steps end at the eager loss, captured training steps end
@@ -48,6 +51,20 @@ EXPERIMENTS = ("deep_ebm_mnist", "deep_ebm_shortrun_mnist", "jem_mnist", "drl_mn
                "score_matching_toy2d", "nce_toy2d", "deep_ebm_toy2d")
 
 
+VARIANTS = {"eager": ["device.cuda_graphs=false", "device.capture_step=false"],
+            "graphs": ["device.capture_step=false"], "default": []}
+COMPILED = ["model.net.compile=default"]
+EXTRA_VARIANTS = {
+    "deep_ebm_mnist": {"compiled": COMPILED,
+                       "compiled_batch512": [*COMPILED, "trainer.batch_size=512"]},
+    "deep_ebm_shortrun_mnist": {"compiled": COMPILED},
+    "deep_ebm_toy2d": {"compiled": COMPILED},
+}
+# Training overrides of the quality check's variants (each run is then scored by the same
+# default task=eval).
+QUALITY_VARIANTS = {"eager": VARIANTS["eager"], "default": [], "compiled": COMPILED}
+
+
 def config(overrides: list[str]):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose("config", overrides=overrides)
@@ -57,8 +74,7 @@ def bench(experiments: list[str]) -> list[dict]:
     rows = []
     for name in experiments:
         row: dict = {"experiment": name}
-        variants = {"eager": ["device.cuda_graphs=false"], "graphs": [],
-                    "step": ["device.capture_step=true"]}
+        variants = {**VARIANTS, **EXTRA_VARIANTS.get(name, {})}
         for label, extra in variants.items():
             try:
                 cfg = config([f"experiment={name}", f"device={DEVICE}", *extra])
@@ -73,7 +89,7 @@ def bench(experiments: list[str]) -> list[dict]:
                 row[f"{label}_error"] = f"{type(error).__name__}: {error}"[:300]
             if DEVICE == "cuda":
                 torch.cuda.empty_cache()
-        for label in ("graphs", "step"):
+        for label in [v for v in variants if v != "eager"]:
             if "eager_images_per_s" in row and f"{label}_images_per_s" in row:
                 row[f"{label}_speedup"] = round(row[f"{label}_images_per_s"]
                                                 / row["eager_images_per_s"], 2)
@@ -88,24 +104,33 @@ def sampler() -> list[dict]:
 
     torch.manual_seed(0)
     net = DeepEnergy((1, 28, 28)).cuda()
+    compiled = DeepEnergy((1, 28, 28), compile="default").cuda()
+    compiled.load_state_dict(net.state_dict())
     rows = []
     for batch in (128, 1024):
         x0 = torch.rand(batch, 1, 28, 28, device="cuda") * 2 - 1
         row: dict = {"batch": batch, "steps": 60}
-        for label, graphs in (("eager", False), ("graphs", True)):
+        finals = {}
+        for label, graphs, model in (("eager", False, net), ("graphs", True, net),
+                                     ("compiled_graphs", True, compiled)):
             chain = Langevin(steps=60, box=[-1.0, 1.0])
             chain.cuda_graphs = graphs
             gen = torch.Generator(device="cuda").manual_seed(0)
-            for _ in range(2):
-                chain.sample(net.energy, x0, generator=gen)
+            finals[label] = chain.sample(model.energy, x0, generator=gen).x
+            chain.sample(model.energy, x0, generator=gen)
             torch.cuda.synchronize()
             start = time.perf_counter()
             for _ in range(10):
-                chain.sample(net.energy, x0, generator=gen)
+                chain.sample(model.energy, x0, generator=gen)
             torch.cuda.synchronize()
             row[f"{label}_ms_per_step"] = round((time.perf_counter() - start) / 600 * 1000, 4)
             row[f"{label}_captured"] = len(chain.__dict__.get("_graphs", ()))
-        row["speedup"] = round(row["eager_ms_per_step"] / row["graphs_ms_per_step"], 2)
+        for label in ("graphs", "compiled_graphs"):
+            row[f"{label}_speedup"] = round(row["eager_ms_per_step"]
+                                            / row[f"{label}_ms_per_step"], 2)
+            # The same seed, start and weights: the chains' first run ends at the same states.
+            row[f"{label}_max_abs_diff_vs_eager"] = float(
+                (finals[label] - finals["eager"]).abs().max())
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -132,21 +157,21 @@ def tests(select: str) -> dict:
     return {"summary": output.strip().splitlines()[-1], "seconds": round(seconds, 1)}
 
 
-def quality(steps: int) -> list[dict]:
+def quality(steps: int, variants: list[str]) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for graphs in ("false", "true"):
-            train_dir, eval_dir = Path(tmp) / f"train-{graphs}", Path(tmp) / f"eval-{graphs}"
+        for variant in variants:
+            extra = QUALITY_VARIANTS[variant]
+            train_dir, eval_dir = Path(tmp) / f"train-{variant}", Path(tmp) / f"eval-{variant}"
             _, train_s = run([sys.executable, "-m", "ebmrun", "experiment=deep_ebm_mnist",
-                              f"device={DEVICE}", f"device.cuda_graphs={graphs}",
+                              f"device={DEVICE}", *extra,
                               f"trainer.max_steps={steps}", "trainer.progress=false",
                               f"hydra.run.dir={train_dir}"])
             _, eval_s = run([sys.executable, "-m", "ebmrun", "task=eval", f"ckpt={train_dir}",
-                             f"device={DEVICE}", f"device.cuda_graphs={graphs}",
-                             "eval.ood=[noise]",
+                             f"device={DEVICE}", "eval.ood=[noise]",  # scored alike
                              "trainer.progress=false", f"hydra.run.dir={eval_dir}"])
             metrics = json.loads((eval_dir / "metrics.json").read_text())
-            row = {"cuda_graphs": graphs == "true", "steps": steps,
+            row = {"variant": variant, "steps": steps,
                    "train_s": round(train_s, 1), "eval_s": round(eval_s, 1),
                    **{k: v for k, v in metrics.items()
                       if k.startswith("samples/") and isinstance(v, (int, float))}}
@@ -162,6 +187,8 @@ def main() -> None:
     parser.add_argument("--experiments", default=",".join(EXPERIMENTS),
                         help="comma-separated experiments for the bench section")
     parser.add_argument("--quality-steps", type=int, default=300)
+    parser.add_argument("--quality-variants", default="eager,default",
+                        help=f"comma-separated, from: {', '.join(QUALITY_VARIANTS)}")
     parser.add_argument("--tests", default="", help="pytest -k expression for the tests section")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -170,7 +197,8 @@ def main() -> None:
                    "cuda": torch.version.cuda, "date": time.strftime("%Y-%m-%d")}
     sections = {"bench": lambda: bench(args.experiments.split(",")), "sampler": sampler,
                 "torchebm": torchebm, "tests": lambda: tests(args.tests),
-                "quality": lambda: quality(args.quality_steps)}
+                "quality": lambda: quality(args.quality_steps,
+                                           args.quality_variants.split(","))}
     for name in args.sections.split(","):
         start = time.perf_counter()
         try:

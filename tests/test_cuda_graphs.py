@@ -17,6 +17,7 @@ from torch import nn
 
 from ebmrun.samplers import (HMC, MALA, NUTS, AnnealedLangevin, Langevin,
                              RandomWalkMetropolis, UnderdampedLangevin)
+from ebmrun.samplers.gibbs import BlockGibbs
 from ebmrun.samplers.graphed import energy_module, graph_key, settings_of
 
 CUDA = torch.cuda.is_available()
@@ -55,6 +56,7 @@ def test_loops_are_only_captured_where_a_graph_replays_them_exactly():
     # arithmetic on the step index), and which need the host: NUTS trees, replica swaps,
     # MALA's reflected-proposal density (its number of mirror images depends on the data).
     assert all(s.capturable for s in (langevin(), HMC(box=[-1, 1]), RandomWalkMetropolis(),
+                                      BlockGibbs(),
                                       UnderdampedLangevin(box=[-1, 1]), MALA(),
                                       MALA(box=[-1, 1], box_mode="reject")))
     assert not any(s.capturable for s in (MALA(box=[-1, 1]), NUTS(), AnnealedLangevin()))
@@ -88,6 +90,7 @@ def cuda_pair(steps: int = 40, batch: int = 16):
 
 
 CAPTURABLE = {
+    "gibbs": lambda: BlockGibbs(steps=40),
     "langevin": langevin,
     "mala": lambda: MALA(step_size=0.01, steps=40, adapt_steps=20),
     "hmc": lambda: HMC(step_size=0.05, leapfrog_steps=3, steps=40, adapt_steps=20,
@@ -99,24 +102,36 @@ CAPTURABLE = {
 }
 
 
+def chain_inputs(name: str):
+    """The energy (an RBM for Gibbs) and starting states on the GPU for sampler ``name``."""
+    if name == "gibbs":
+        from ebmrun.models.rbm import RBM
+
+        torch.manual_seed(0)
+        return (RBM((64,), hidden=16, init_std=0.3).cuda(),
+                torch.bernoulli(torch.full((16, 64), 0.5, device="cuda")))
+    model, x0, _, _ = cuda_pair()
+    return model.energy, x0
+
+
 @needs_cuda
 @pytest.mark.parametrize("name", sorted(CAPTURABLE))
 def test_a_replayed_loop_equals_the_eager_loop_and_advances_the_generator_alike(name):
-    model, x0, _, _ = cuda_pair()
+    energy, x0 = chain_inputs(name)
     eager, graphed = CAPTURABLE[name](), CAPTURABLE[name]()
     eager.cuda_graphs = False
     gen_e = torch.Generator(device="cuda").manual_seed(7)
     gen_g = torch.Generator(device="cuda").manual_seed(7)
     for _ in range(3):  # capture, then two replays: each draws the next numbers
-        e = eager.sample(model.energy, x0, steps=40, generator=gen_e)
-        g = graphed.sample(model.energy, x0, steps=40, generator=gen_g)
+        e = eager.sample(energy, x0, steps=40, generator=gen_e)
+        g = graphed.sample(energy, x0, steps=40, generator=gen_g)
         torch.testing.assert_close(g.x, e.x, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(g.stats["energy"], e.stats["energy"], rtol=1e-4, atol=1e-5)
     assert len(graphed._graphs) == 1  # captured once, replayed after
     assert torch.equal(gen_e.get_state(), gen_g.get_state())
     # The replay's output is a copy: the next replay does not overwrite what a caller kept.
     kept = g.x.clone()
-    graphed.sample(model.energy, x0, steps=40, generator=gen_g)
+    graphed.sample(energy, x0, steps=40, generator=gen_g)
     assert torch.equal(g.x, kept)
 
 
@@ -203,8 +218,39 @@ def test_a_captured_step_applies_only_where_a_replay_is_the_eager_step():
     assert captured.grad_norms is updater.grad_norms  # callbacks see the Updater's view
 
 
+# One experiment per family that declares ``capturable_step``: the CUDA test below is each
+# declaration's check (the CPU test after it keeps this list complete).
+CAPTURED_EXPERIMENTS = ["vae_mnist", "vae_binarized_mnist", "deep_ebm_mnist",
+                        "deep_ebm_shortrun_mnist", "jem_mnist", "ebgan_mnist", "dae_mnist",
+                        "rbm_mnist", "contrastive_mnist"]
+
+
+def test_every_family_that_declares_a_captured_step_has_its_gpu_check():
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import get_class
+
+    from ebmrun.cli import CONFIG_DIR
+
+    def objective_class(experiment: str):
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose("config", overrides=[f"experiment={experiment}"])
+        return get_class(cfg.model.objective._target_)
+
+    def declares(cls) -> bool:  # a property (CD: images only) counts: these are images
+        return isinstance(cls.capturable_step, property) or cls.capturable_step is True
+
+    checked = {objective_class(name) for name in CAPTURED_EXPERIMENTS}
+    images = [p.stem for p in Path(CONFIG_DIR, "experiment").glob("*mnist*.yaml")]
+    declared = {objective_class(name) for name in images
+                if declares(objective_class(name))}
+    assert declared - checked == set(), "declares capturable_step without a GPU check"
+    assert all(declares(cls) for cls in checked)
+
+
 @needs_cuda
-@pytest.mark.parametrize("experiment", ["vae_mnist", "deep_ebm_mnist"])
+@pytest.mark.parametrize("experiment", CAPTURED_EXPERIMENTS)
 def test_a_captured_training_step_ends_where_the_eager_one_does(experiment, tmp_path,
                                                                  monkeypatch):
     """20 steps (3 eager, then replays) with warm-up + cosine and an EMA, graphs on vs off.

@@ -18,8 +18,9 @@ It applies only where a replay is the eager step (:func:`why_not` says why not):
 one process, an objective that declares ``capturable_step`` (no host syncs, the same
 shapes and the same Python path every step), Adam/AdamW (they can step inside a graph), and
 each parameter group updated once per step. Elsewhere the step runs eagerly, unchanged.
-Declared and checked against the eager step on an H200 (tests/test_cuda_graphs.py): the
-VAE and the deep EBM's contrastive divergence on images.
+Declared by the VAE, the deep EBM's contrastive divergence on images, JEM, EBGAN, the DAE,
+the RBM and contrastive learning; tests/test_cuda_graphs.py checks each against the eager
+step on a GPU (README, "GPU" says which runs passed where).
 """
 
 from __future__ import annotations
@@ -74,6 +75,18 @@ def set_capturable(optimizer: torch.optim.Optimizer, on: bool) -> None:
                 state["step"] = state["step"].to(param.device, torch.float32)
 
 
+def tensor_addresses(state) -> list[int]:
+    """``data_ptr`` of every tensor in a nested dict/list ``state`` (e.g. an objective's
+    ``state_dict``, which hands out its live tensors), in a fixed order."""
+    if torch.is_tensor(state):
+        return [state.data_ptr()]
+    if isinstance(state, dict):
+        return [p for key in sorted(state, key=str) for p in tensor_addresses(state[key])]
+    if isinstance(state, (list, tuple)):
+        return [p for item in state for p in tensor_addresses(item)]
+    return []
+
+
 class CapturedStep:
     """Callable like the :class:`Updater` it wraps (and forwards every other attribute to)."""
 
@@ -115,14 +128,15 @@ class CapturedStep:
 
     def _tensors(self) -> tuple[int, ...]:
         """Addresses of the state a graph reads and writes: parameters, optimizer state, EMA
-        weights. A load that replaces any of them makes the recorded graph stale."""
+        weights, the objective's own state (replay buffer, persistent chains). A load that
+        replaces any of them makes the recorded graph stale."""
         ptrs = [p.data_ptr() for g in self._groups() for p in g["params"]]
         for optimizer in self.updater.optimizers:
             ptrs += [v.data_ptr() for state in optimizer.state.values()
                      for v in state.values() if torch.is_tensor(v)]
         if self.updater.ema is not None:
             ptrs += [v.data_ptr() for v in self.updater.ema.shadow.values()]
-        return tuple(ptrs)
+        return tuple(ptrs + tensor_addresses(self.updater.objective.state_dict()))
 
     @staticmethod
     def _on_side_stream(fn):

@@ -114,9 +114,12 @@ class DenoisingAutoEncoder(nn.Module):
     def remember(self, x: Tensor) -> None:
         """Write items ``x`` ``(k, *item)`` into the pool (a ring: the oldest go first)."""
         size = len(self.start_pool)
-        idx = (int(self.pool_filled) + torch.arange(min(len(x), size))) % size
-        self.start_pool[idx.to(self.start_pool.device)] = x[: len(idx)].detach().float()
-        self.pool_filled += len(idx)
+        # Slots computed on the pool's device: no host read of the count, so a training step
+        # that calls this can be recorded as a CUDA graph (ebmrun.captured_step).
+        k = min(len(x), size)
+        idx = (self.pool_filled + torch.arange(k, device=self.start_pool.device)) % size
+        self.start_pool[idx] = x[:k].detach().float()
+        self.pool_filled += k
 
     def pooled(self) -> Tensor:
         """The pool's filled items ``(m, *item)`` (m <= pool_size)."""

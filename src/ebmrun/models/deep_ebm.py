@@ -73,6 +73,8 @@ def resolve_polyphase(value: bool | str) -> bool:
 
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
+# Modes that put torch.compile's own CUDA graphs inside: a sampler's graph cannot hold them.
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 class DeepEnergy(nn.Module):
@@ -88,9 +90,13 @@ class DeepEnergy(nn.Module):
             convolution (identical result). ``"auto"``: on for CPUs with AVX-512, where it
             measured ~2x faster for that gradient; off elsewhere (on an AVX2-only EPYC it
             made the whole sampler step ~12% slower).
-        compile: a ``torch.compile`` mode used on CUDA (``reduce-overhead`` = CUDA graphs:
-            this small net is kernel-launch bound there); ``None`` = eager. Ignored on CPU,
-            where it was not measured to help and needs a C++ toolchain.
+        compile: a ``torch.compile`` mode used on CUDA; ``None`` = eager. ``default``
+            fuses the net's pointwise work (bias, Swish and their gradients) into Triton
+            kernels, and samplers get the energy and its input gradient from one compiled
+            function (:meth:`fused_energy_and_grad`) that their CUDA graph records;
+            ``reduce-overhead`` = torch.compile's own CUDA graphs around the net alone (the
+            sampler's graph is then off). Ignored on CPU, where it was not measured to help
+            and needs a C++ toolchain.
     """
 
     def __init__(self, item_shape: Sequence[int], conv_channels: Sequence[int] = (16, 32, 64, 64),
@@ -103,6 +109,7 @@ class DeepEnergy(nn.Module):
                              f"got {compile!r}")
         self.compile_mode = compile
         self._compiled_energy = None  # built on the first CUDA call
+        self._compiled_energy_and_grad = None  # likewise, for samplers
         polyphase_first_conv = resolve_polyphase(polyphase_first_conv)
         self.item_shape = tuple(int(s) for s in item_shape)
         self.is_image = len(self.item_shape) == 3
@@ -122,7 +129,35 @@ class DeepEnergy(nn.Module):
     def graph_capturable(self) -> bool:
         """Samplers may record this energy in their CUDA graph (not when ``compile`` puts
         torch.compile's own CUDA graphs inside; see :mod:`ebmrun.samplers.graphed`)."""
-        return self.compile_mode is None
+        return self.compile_mode not in CUDA_GRAPH_MODES
+
+    def fused_energy_and_grad(self, energy_fn, x: Tensor):
+        """A compiled ``x -> (energies (B,), dE/dx)`` for samplers, or ``None`` (eager).
+
+        Only for this net's own :meth:`energy` on CUDA with ``compile`` set: one
+        ``torch.func.grad_and_value`` over ``x`` alone, compiled and run without autograd,
+        so the fused kernels compute no parameter gradients (the compiled ``energy``'s
+        backward, made for the loss, would compute them all)."""
+        if (self.compile_mode is None or not x.is_cuda
+                or getattr(energy_fn, "__func__", None) is not DeepEnergy.energy
+                or energy_fn.__self__ is not self):
+            return None
+        if self._compiled_energy_and_grad is None:
+            def total(v: Tensor) -> tuple[Tensor, Tensor]:
+                energies = self._energy(v)
+                return energies.sum(), energies
+
+            self._compiled_energy_and_grad = torch.compile(
+                torch.func.grad_and_value(total, has_aux=True), mode=self.compile_mode,
+                dynamic=False)
+        compiled = self._compiled_energy_and_grad
+
+        def energy_and_grad(v: Tensor) -> tuple[Tensor, Tensor]:
+            with torch.no_grad():
+                grad, (_, energies) = compiled(v.detach())
+            return energies, grad
+
+        return energy_and_grad
 
     def energy(self, x: Tensor) -> Tensor:
         """Energies ``(B,)`` of ``x`` ``(B, *item_shape)``."""

@@ -47,9 +47,12 @@ def info_nce(z1: Tensor, z2: Tensor, temperature: float) -> tuple[Tensor, Tensor
     targets = (torch.arange(n, device=z.device) + b) % n
     loss = F.cross_entropy(logits, targets)
     positive = sim[torch.arange(n, device=z.device), targets]
-    negative_mask = ~self_mask
-    negative_mask[torch.arange(n, device=z.device), targets] = False
-    negative = sim[negative_mask].view(n, n - 2)
+    # Each row's n − 2 other columns in ascending order, found by a sort that moves the
+    # self and positive columns last: a boolean-mask index would read its size on the host.
+    columns = torch.arange(n, device=z.device).expand(n, n)
+    excluded = self_mask | (columns == targets[:, None])
+    keep = torch.sort(columns + n * excluded, dim=1).indices[:, : n - 2]
+    negative = sim.gather(1, keep)
     top1 = (logits.argmax(1) == targets).float().mean()
     return loss, positive, negative, top1
 
@@ -155,6 +158,7 @@ class ContrastiveObjective(Objective):
     eval_metrics = ("contrastive/*",)
 
     generates_new_samples = False  # generate shows augmented views, not new items
+    capturable_step = True  # no host reads in the step (see ebmrun.captured_step)
 
     def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,
                  generator: torch.Generator, temperature: float = 0.2,
@@ -169,6 +173,7 @@ class ContrastiveObjective(Objective):
         self.augment = Augment(data, tuple(crop_area or (0.5, 1.0)), rotate_deg, noise_std)
         self.probe_data, self.probe_train_items = probe_data, probe_train_items
         self._probe = None
+        self._examples_seen = False  # the model's example items are set (checked once)
         self._last: dict[str, Tensor] = {}
         self._last_views: Tensor | None = None
         self._last_z: Tensor | None = None
@@ -177,11 +182,13 @@ class ContrastiveObjective(Objective):
         return [make_optimizer(self.model.parameters(), settings, self.lr, self.betas)]
 
     def training_step(self, x: Tensor) -> dict[str, Tensor]:
-        if not bool(self.model.examples_set):
-            with torch.no_grad():
-                n = min(len(x), len(self.model.examples))
-                self.model.examples[:n] = x[:n]
-                self.model.examples_set.fill_(True)
+        if not self._examples_seen:  # read once: a host read per step would stop capture
+            if not bool(self.model.examples_set):
+                with torch.no_grad():
+                    n = min(len(x), len(self.model.examples))
+                    self.model.examples[:n] = x[:n]
+                    self.model.examples_set.fill_(True)
+            self._examples_seen = True
         v1, v2 = self.augment(x, self.generator), self.augment(x, self.generator)
         z = self.model.embed(torch.cat([v1, v2]))
         z1, z2 = z[: len(x)], z[len(x):]

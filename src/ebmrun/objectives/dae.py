@@ -53,6 +53,7 @@ class DenoisingObjective(Objective):
     """
 
     train_metrics = ("loss", "energy_clean", "energy_corrupted")
+    capturable_step = True  # no host reads in the step (see ebmrun.captured_step)
     eval_metrics = ("dae/*",)
 
     def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,

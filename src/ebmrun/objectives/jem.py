@@ -49,8 +49,7 @@ class JEM(ReplayBufferCD, ChainsFromNoise, Objective):
         conditional_negatives: q, the share of buffer chains run on E(x, y) (above).
     """
 
-    # Not capturable_step yet: its replayed step (labels as a second static input) has not
-    # been checked against the eager one on a GPU.
+    capturable_step = True  # as the deep EBM's CD; the labels are a second static input
 
     uses_labels = True   # training_step(x, y)
     conditional = True   # E(x, y) = −f(x)[y]: sample.label, compose.labels

@@ -50,6 +50,8 @@ class RBMObjective(Objective):
     """
 
     train_metrics = ("loss", "free_energy_data", "free_energy_chains", "recon_bce")
+    # No host reads in the step; the persistent chains are updated in place.
+    capturable_step = True
     eval_metrics = ("rbm/*",)
 
     def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,
@@ -114,8 +116,8 @@ class RBMObjective(Objective):
             self.chains = v.clone()  # PCD chains start at the data, then follow the model
         start = self.chains if self.persistent else v
         negatives = self.sampler.sample(self.model, start, generator=self.generator)
-        if self.persistent:
-            self.chains = negatives.x
+        if self.persistent:  # in place: a recorded step reads and writes the same tensor
+            self.chains.copy_(negatives.x)
         both = torch.cat([v, negatives.x])  # one matmul for data and negatives
         h_logits = self.model.hidden_logits(both)
         free = self.model.free_energy(both, hidden_logits=h_logits)
@@ -202,5 +204,8 @@ class RBMObjective(Objective):
     def load_state_dict(self, state: dict) -> None:
         chains = state.get("chains")
         device = self.model.weight.device
-        self.chains = None if chains is None else chains.to(device)
+        if chains is not None and self.chains is not None and chains.shape == self.chains.shape:
+            self.chains.copy_(chains)  # a rollback keeps the tensor a recorded step uses
+        else:
+            self.chains = None if chains is None else chains.to(device)
         self.bias_initialised = bool(state.get("bias_initialised", True))

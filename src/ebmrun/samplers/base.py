@@ -85,8 +85,16 @@ def energy_and_grad(energy_fn: EnergyFn, x: Tensor, autocast_dtype: torch.dtype 
 
     Uses ``torch.autograd.grad`` with ``x`` as the only input, so autograd skips every
     parameter-gradient computation and leaves ``param.grad`` untouched; the caller's
-    ``requires_grad`` flags and train/eval mode are never changed.
+    ``requires_grad`` flags and train/eval mode are never changed. An energy module that
+    offers ``fused_energy_and_grad(energy_fn, x)`` (a compiled pass computing both, e.g.
+    :class:`ebmrun.models.deep_ebm.DeepEnergy` with ``compile``) supplies them instead.
     """
+    module = graphed.energy_module(energy_fn)
+    fused = getattr(module, "fused_energy_and_grad", None) if autocast_dtype is None else None
+    fused = fused(energy_fn, x) if fused is not None else None
+    if fused is not None:  # the energy's own compiled pass (e.g. DeepEnergy with compile)
+        energy, grad = fused(x)
+        return energy.float(), grad
     autocast = autocast_context(x, autocast_dtype)
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)

@@ -60,6 +60,9 @@ class BlockGibbs(Sampler):
     states of the same shape.
     """
 
+    capturable = True  # fixed-size tensor ops only: the loop replays as a CUDA graph
+    always_accepts = True  # every sweep is taken
+
     def __init__(self, steps: int = 1, temperature: float = 1.0,
                  autocast: str | None = None) -> None:
         super().__init__(steps=steps, temperature=temperature, box=None, autocast=autocast)
@@ -90,5 +93,7 @@ class BlockGibbs(Sampler):
         h = bernoulli_logits(h_logits / self.temperature, generator)
         v = bernoulli_logits(model.visible_logits(h) / self.temperature, generator)
         x = v.view_as(x).to(x.dtype)
-        return x, state, {"energy": energy, "grad_norm": torch.tensor(float("nan")),
-                          "acceptance": torch.ones(())}
+        # On the chains' device: a host tensor here would be a copy per step (and a graph
+        # cannot record a copy from pageable host memory).
+        return x, state, {"energy": energy, "grad_norm": energy.new_full((), float("nan")),
+                          "acceptance": energy.new_ones(())}
