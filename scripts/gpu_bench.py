@@ -8,15 +8,13 @@ rest still run):
 
 - ``bench``: ``scripts/bench.py``'s training-step rate (30 timed steps after 5 warm-up steps,
   each experiment's own batch and sampler) for every experiment whose data is at hand:
-  ``eager`` (``device.cuda_graphs=false device.capture_step=false
-  device.cudnn_benchmark=false``, the before),
+  ``eager`` (``device.cuda_graphs=false device.capture_step=false``, the before),
   ``graphs`` (sampler loops as graphs only) and ``default`` (the shipped ``device=cuda``:
   the whole training step as a graph too where the family declares it), plus the
   experiment's entries in :data:`EXTRA_VARIANTS` (e.g. the deep EBM compiled, larger
   batches).
 - ``sampler``: milliseconds per Langevin step of the deep EBM's CNN at batch 128 and 1,024,
-  eager (cuDNN's heuristic algorithms) vs graph, graph with ``cudnn.benchmark`` (the
-  default), and graph of the compiled net (``compile="default"``).
+  eager vs graph vs graph of the compiled net (``compile="default"``).
 - ``torchebm``: ``scripts/bench_torchebm.py`` (needs ``torchebm==0.8.9`` importable).
 - ``tests``: ``pytest tests/test_cuda_graphs.py`` (the CUDA half: replay == eager, same
   generator state, 300 training steps end at the eager loss, captured training steps end
@@ -53,18 +51,14 @@ EXPERIMENTS = ("deep_ebm_mnist", "deep_ebm_shortrun_mnist", "jem_mnist", "drl_mn
                "score_matching_toy2d", "nce_toy2d", "deep_ebm_toy2d")
 
 
-VARIANTS = {"eager": ["device.cuda_graphs=false", "device.capture_step=false",
-                      "device.cudnn_benchmark=false"],
+VARIANTS = {"eager": ["device.cuda_graphs=false", "device.capture_step=false"],
             "graphs": ["device.capture_step=false"], "default": []}
 COMPILED = ["model.net.compile=default"]
-NO_BENCHMARK = {"no_cudnn_benchmark": ["device.cudnn_benchmark=false"]}
 EXTRA_VARIANTS = {
-    "deep_ebm_mnist": {**NO_BENCHMARK, "compiled": COMPILED,
+    "deep_ebm_mnist": {"compiled": COMPILED,
                        "compiled_batch512": [*COMPILED, "trainer.batch_size=512"]},
-    "deep_ebm_shortrun_mnist": {**NO_BENCHMARK, "compiled": COMPILED},
+    "deep_ebm_shortrun_mnist": {"compiled": COMPILED},
     "deep_ebm_toy2d": {"compiled": COMPILED},
-    **{name: NO_BENCHMARK for name in ("jem_mnist", "ebgan_mnist", "dae_mnist", "vae_mnist",
-                                       "contrastive_mnist", "drl_mnist")},
 }
 # Training overrides of the quality check's variants (each run is then scored by the same
 # default task=eval).
@@ -87,7 +81,7 @@ def bench(experiments: list[str]) -> list[dict]:
                 result = step_rate(cfg, warmup=5, iters=30)
                 row[f"{label}_images_per_s"] = result["images_per_s"]
                 row[f"{label}_ms"] = round(1000 * result["s_per_iter"], 3)
-                row.setdefault("batch", result["batch_size"])  # the experiment's own
+                row["batch"] = result["batch_size"]
                 row[f"{label}_peak_mb"] = result.get("peak_cuda_mb")
                 row[f"{label}_captured"] = result.get("cuda_graphs")
                 row[f"{label}_step_captured"] = result.get("step_captured")
@@ -117,10 +111,8 @@ def sampler() -> list[dict]:
         x0 = torch.rand(batch, 1, 28, 28, device="cuda") * 2 - 1
         row: dict = {"batch": batch, "steps": 60}
         finals = {}
-        for label, graphs, model, benchmark in (
-                ("eager", False, net, False), ("graphs_no_cudnn_benchmark", True, net, False),
-                ("graphs", True, net, True), ("compiled_graphs", True, compiled, True)):
-            torch.backends.cudnn.benchmark = benchmark
+        for label, graphs, model in (("eager", False, net), ("graphs", True, net),
+                                     ("compiled_graphs", True, compiled)):
             chain = Langevin(steps=60, box=[-1.0, 1.0])
             chain.cuda_graphs = graphs
             gen = torch.Generator(device="cuda").manual_seed(0)
@@ -133,7 +125,7 @@ def sampler() -> list[dict]:
             torch.cuda.synchronize()
             row[f"{label}_ms_per_step"] = round((time.perf_counter() - start) / 600 * 1000, 4)
             row[f"{label}_captured"] = len(chain.__dict__.get("_graphs", ()))
-        for label in ("graphs_no_cudnn_benchmark", "graphs", "compiled_graphs"):
+        for label in ("graphs", "compiled_graphs"):
             row[f"{label}_speedup"] = round(row["eager_ms_per_step"]
                                             / row[f"{label}_ms_per_step"], 2)
             # The same seed, start and weights: the chains' first run ends at the same states.

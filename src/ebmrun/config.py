@@ -132,15 +132,13 @@ class DeviceConfig:
     ``cuda_graphs``: samplers replay their loop as a CUDA graph (CUDA only, see
     :mod:`ebmrun.samplers.graphed`); ``capture_step``: the whole training step too (see
     :mod:`ebmrun.captured_step`); ``tf32``: TensorFloat-32 matrix products on CUDA (convolutions
-    use it by torch's default); ``cudnn_benchmark``: cuDNN times its convolution algorithms
-    once per shape and keeps the fastest (CUDA; shapes are fixed in training)."""
+    use it by torch's default)."""
 
     name: str = "auto"
     threads: Optional[int] = None
     cuda_graphs: bool = True
     capture_step: bool = True
     tf32: bool = False
-    cudnn_benchmark: bool = True
 
 
 @dataclass

@@ -19,8 +19,7 @@ AUTO_ORDER = ("cuda", "mps", "cpu")
 def resolve_device(cfg: DeviceConfig) -> torch.device:
     """The torch device named by ``cfg.name`` (``auto``: first available of cuda, mps, cpu).
 
-    Also applies ``cfg.threads`` to torch's CPU thread pool and, on CUDA, ``cfg.tf32`` and
-    ``cfg.cudnn_benchmark``.
+    Also applies ``cfg.threads`` to torch's CPU thread pool and, on CUDA, ``cfg.tf32``.
     """
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -34,6 +33,4 @@ def resolve_device(cfg: DeviceConfig) -> torch.device:
                         f"this machine (fix: device=cpu or device=auto)")
     if name == "cuda" and cfg.tf32:  # convolutions already use TF32 by torch's default
         torch.backends.cuda.matmul.allow_tf32 = True
-    if name == "cuda":  # the small nets' convs: cuDNN's heuristic pick is not the fastest
-        torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark)
     return torch.device(name)
