@@ -81,7 +81,7 @@ def bench(experiments: list[str]) -> list[dict]:
                 result = step_rate(cfg, warmup=5, iters=30)
                 row[f"{label}_images_per_s"] = result["images_per_s"]
                 row[f"{label}_ms"] = round(1000 * result["s_per_iter"], 3)
-                row["batch"] = result["batch_size"]
+                row.setdefault("batch", result["batch_size"])  # the experiment's own
                 row[f"{label}_peak_mb"] = result.get("peak_cuda_mb")
                 row[f"{label}_captured"] = result.get("cuda_graphs")
                 row[f"{label}_step_captured"] = result.get("step_captured")
