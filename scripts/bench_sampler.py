@@ -34,7 +34,7 @@ from omegaconf import OmegaConf
 from ebmrun.build import instantiate
 from ebmrun.cli import CONFIG_DIR
 from ebmrun.samplers import Sampler
-from ebmrun.samplers.base import autocast_context, autocast_dtype_for
+from ebmrun.samplers.energy_eval import autocast_context, autocast_dtype_for
 
 # Gradient evaluations per step, for the cost per gradient (HMC: L; replica exchange: K + a
 # forward for its statistics; NUTS: the leapfrog steps its batch ran, read from its stats;

@@ -12,7 +12,7 @@ from ebmrun.build import build_components, data_info_of, load_data
 from ebmrun.models.drl import DiffusionSchedule, LevelConditionedEnergy, paper_schedule
 from ebmrun.objectives.base import DataInfo
 from ebmrun.objectives.recovery_likelihood import RecoveryLikelihood
-from ebmrun.samplers.base import energy_and_grad
+from ebmrun.samplers.energy_eval import energy_and_grad
 from ebmrun.samplers.langevin import Langevin
 
 from conftest import compose_config, run_ok

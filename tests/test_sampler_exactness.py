@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from ebmrun.samplers import HMC, MALA, RandomWalkMetropolis, ReplicaExchange
-from ebmrun.samplers.base import energy_and_grad, per_chain_view
+from ebmrun.samplers.base import per_chain_view
+from ebmrun.samplers.energy_eval import energy_and_grad
 from ebmrun.samplers.box import reflect_into_box
 from ebmrun.samplers.replica_exchange import swap_log_accept
 

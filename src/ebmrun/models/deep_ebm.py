@@ -7,7 +7,7 @@ shape of one data item, so ``model=deep_ebm`` works with any dataset.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -131,7 +131,8 @@ class DeepEnergy(nn.Module):
         torch.compile's own CUDA graphs inside; see :mod:`ebmrun.samplers.graphed`)."""
         return self.compile_mode not in CUDA_GRAPH_MODES
 
-    def fused_energy_and_grad(self, energy_fn, x: Tensor):
+    def fused_energy_and_grad(self, energy_fn: Callable[[Tensor], Tensor], x: Tensor
+                              ) -> Callable[[Tensor], tuple[Tensor, Tensor]] | None:
         """A compiled ``x -> (energies (B,), dE/dx)`` for samplers, or ``None`` (eager).
 
         Only for this net's own :meth:`energy` on CUDA with ``compile`` set: one

@@ -92,9 +92,8 @@ class EBGANObjective(Objective):
         n_fixed: how many fixed latents the sample film shows.
     """
 
-    # On an H200 its replayed step ended 20 steps away from the eager one (the generator's
-    # weights, 91 % of entries beyond 1e-3); the test now compares with the spread of two
-    # eager runs, which the margin hinge's on/off switches may make as large.
+    # No host reads in the step. (Its first GPU check, 2026-11-30, compared the replay with
+    # default Adam's eager step; against the same step with capturable Adam it passes.)
     capturable_step = True
 
     train_metrics = ("loss", "loss_d", "loss_g", "energy_real", "energy_fake", "hinge_active",

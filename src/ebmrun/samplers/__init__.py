@@ -5,7 +5,8 @@ config names to the classes.
 """
 
 from ebmrun.samplers.annealed_langevin import AnnealedLangevin
-from ebmrun.samplers.base import EnergyFn, Sampler, SampleResult, energy_and_grad
+from ebmrun.samplers.base import EnergyFn, Sampler, SampleResult
+from ebmrun.samplers.energy_eval import energy_and_grad
 from ebmrun.samplers.dae_chain import DenoisingChain
 from ebmrun.samplers.gibbs import BlockGibbs
 from ebmrun.samplers.hmc import HMC

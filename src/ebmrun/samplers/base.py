@@ -8,20 +8,17 @@ input gradients come from ``torch.autograd.grad`` with respect to ``x`` only.
 
 from __future__ import annotations
 
-import functools
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ebmrun.samplers import graphed
 from ebmrun.samplers.box import parse_box
-
-EnergyFn = Callable[[Tensor], Tensor]
+from ebmrun.samplers.energy_eval import (AUTOCAST_DTYPES, EnergyFn, autocast_dtype_for,
+                                         energy_and_grad, energy_only)
 
 
 @dataclass
@@ -79,43 +76,6 @@ class Loop:
     per_chain: list[Tensor] = field(default_factory=list)
 
 
-def energy_and_grad(energy_fn: EnergyFn, x: Tensor, autocast_dtype: torch.dtype | None = None
-                    ) -> tuple[Tensor, Tensor]:
-    """Energies ``(B,)`` and input gradients ``dE/dx`` (shape of ``x``) in one pass.
-
-    Uses ``torch.autograd.grad`` with ``x`` as the only input, so autograd skips every
-    parameter-gradient computation and leaves ``param.grad`` untouched; the caller's
-    ``requires_grad`` flags and train/eval mode are never changed. An energy module that
-    offers ``fused_energy_and_grad(energy_fn, x)`` (a compiled pass computing both, e.g.
-    :class:`ebmrun.models.deep_ebm.DeepEnergy` with ``compile``) supplies them instead.
-    """
-    module = graphed.energy_module(energy_fn)
-    fused = getattr(module, "fused_energy_and_grad", None) if autocast_dtype is None else None
-    fused = fused(energy_fn, x) if fused is not None else None
-    if fused is not None:  # the energy's own compiled pass (e.g. DeepEnergy with compile)
-        energy, grad = fused(x)
-        return energy.float(), grad
-    autocast = autocast_context(x, autocast_dtype)
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        with autocast:
-            energy = energy_fn(x)
-        (grad,) = torch.autograd.grad(energy.sum(), x)
-    return energy.detach().float(), grad
-
-
-def energy_only(energy_fn: EnergyFn, x: Tensor, autocast_dtype: torch.dtype | None = None
-                ) -> Tensor:
-    """Energies ``(B,)`` without building a graph (gradient-free moves, diagnostics)."""
-    with torch.no_grad(), autocast_context(x, autocast_dtype):
-        return energy_fn(x).detach().float()
-
-
-def autocast_context(x: Tensor, dtype: torch.dtype | None):
-    """``torch.autocast`` to ``dtype`` on ``x``'s device, or a no-op for ``None``."""
-    return torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-
 TRACE_MAX_DIMS = 16  # items up to this size (2-D toys, analytic targets) trace coordinates
 
 
@@ -154,7 +114,7 @@ class Sampler(ABC):
         self.steps = int(steps)
         self.temperature = float(temperature)
         self.box = parse_box(box)
-        if autocast not in _AUTOCAST_DTYPES:
+        if autocast not in AUTOCAST_DTYPES:
             raise ValueError(f"autocast={autocast!r} is invalid (choose from: auto, bf16, fp16, "
                              f"null)")
         self.autocast = autocast
@@ -275,36 +235,6 @@ class Sampler(ABC):
 
     def _energy(self, energy_fn: EnergyFn, x: Tensor) -> Tensor:
         return energy_only(energy_fn, x, autocast_dtype_for(self.autocast, x.device))
-
-
-_AUTOCAST_DTYPES: dict[str | None, torch.dtype | None] = {
-    None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16, "auto": None}
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 dot products natively (AVX-512 BF16 or AMX).
-
-    Without them bf16 is emulated and autocast makes the energy ~10x *slower* (measured on
-    an AVX2-only EPYC), so ``autocast: auto`` stays in float32 there.
-    """
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast_dtype_for(name: str | None, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``name`` on ``device``; ``auto`` = bf16 only on CPUs with
-    native bf16, float32 elsewhere. On CUDA the shipped energies are small enough to be
-    kernel-launch bound, so autocast's extra cast kernels cost more than bf16 saves (deep
-    EBM on an H200: 1,101 images/s in float32 vs 932 with bf16)."""
-    if name != "auto":
-        return _AUTOCAST_DTYPES[name]
-    if device.type == "cpu":
-        return torch.bfloat16 if cpu_has_native_bf16() else None
-    return None
 
 
 def gaussian_like(x: Tensor, generator: torch.Generator | None) -> Tensor:

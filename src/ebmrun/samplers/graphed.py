@@ -65,7 +65,7 @@ def settings_of(sampler: Sampler) -> tuple:
 def graph_key(sampler: Sampler, energy_fn: EnergyFn, x0: Tensor, steps: int,
               generator: torch.Generator | None, snapshot_every: int) -> tuple | None:
     """The cache key of this call's graph, or ``None`` when the loop must run eagerly."""
-    from ebmrun.samplers.base import autocast_dtype_for
+    from ebmrun.samplers.energy_eval import autocast_dtype_for
 
     if not (x0.is_cuda and sampler.capturable and sampler.cuda_graphs and steps > 0):
         return None
