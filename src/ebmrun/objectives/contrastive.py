@@ -47,12 +47,13 @@ def info_nce(z1: Tensor, z2: Tensor, temperature: float) -> tuple[Tensor, Tensor
     targets = (torch.arange(n, device=z.device) + b) % n
     loss = F.cross_entropy(logits, targets)
     positive = sim[torch.arange(n, device=z.device), targets]
-    # Each row's n − 2 other columns in ascending order, found by a sort that moves the
-    # self and positive columns last: a boolean-mask index would read its size on the host.
-    columns = torch.arange(n, device=z.device).expand(n, n)
-    excluded = self_mask | (columns == targets[:, None])
-    keep = torch.sort(columns + n * excluded, dim=1).indices[:, : n - 2]
-    negative = sim.gather(1, keep)
+    # Each row's n − 2 other columns in ascending order: the j-th skips the row's own column
+    # and its positive's (lo < hi). Arithmetic, where a boolean-mask index would read its
+    # size on the host (no CUDA graph could hold it).
+    rows = torch.arange(n, device=z.device)
+    lo, hi = torch.minimum(rows, targets)[:, None], torch.maximum(rows, targets)[:, None]
+    j = torch.arange(n - 2, device=z.device).expand(n, n - 2)
+    negative = sim.gather(1, j + (j >= lo).long() + (j >= hi - 1).long())
     top1 = (logits.argmax(1) == targets).float().mean()
     return loss, positive, negative, top1
 
