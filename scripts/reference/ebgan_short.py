@@ -12,6 +12,7 @@ initialisation (PyTorch's default, not N(0, 0.02)) and the fresh z. Keep it fait
 it is a yardstick, not something to tune.
 
     python scripts/reference/ebgan_short.py --out DIR [--steps N | --minutes M] [--threads 2]
+        [--dataset fashion_mnist]
     python scripts/reference/ebgan_short.py --bench [--iters 50 --warmup 10]
 
 Training writes DIR/samples.pt (1000, 1, 28, 28) float32 in [-1, 1] (G in eval mode),
@@ -79,11 +80,12 @@ def pulling_away(codes: torch.Tensor) -> torch.Tensor:
     return ((unit @ unit.T).pow(2).sum() - n) / (n * (n - 1))
 
 
-def batches(root: str):
-    """Endless shuffled batches (64, 1, 28, 28) in [-1, 1]: what torchvision's MNIST with
-    ToTensor() + Normalize((0.5,), (0.5,)) gives, read with ebmrun's idx reader because the
-    shared data directory holds only the .gz files (torchvision wants them unpacked)."""
-    raw = load_idx_dataset("mnist", root).train  # (60000, 1, 28, 28) uint8
+def batches(root: str, dataset: str = "mnist"):
+    """Endless shuffled batches (64, 1, 28, 28) in [-1, 1]: what torchvision's MNIST (or
+    FashionMNIST) with ToTensor() + Normalize((0.5,), (0.5,)) gives, read with ebmrun's idx
+    reader because the shared data directory holds only the .gz files (torchvision wants
+    them unpacked)."""
+    raw = load_idx_dataset(dataset, root).train  # (60000, 1, 28, 28) uint8
     data = TensorDataset((raw.float() / 255 - 0.5) / 0.5)
     loader = DataLoader(data, batch_size=BATCH, shuffle=True, drop_last=True)
     while True:
@@ -129,6 +131,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion_mnist"),
+                   help="the same script on Fashion-MNIST (score with eval_samples.py "
+                        "--dataset fashion_mnist)")
     p.add_argument("--root", default=os.environ.get("EBMRUN_DATA_DIR") or "/work/shared/data")
     a = p.parse_args()
     if not a.bench and (a.out is None or (a.steps is None and a.minutes is None)):
@@ -138,7 +143,7 @@ def main() -> None:
     G, D = Generator(), AutoEncoder()
     opt_g = torch.optim.Adam(G.parameters(), lr=LR, betas=BETAS)
     opt_d = torch.optim.Adam(D.parameters(), lr=LR, betas=BETAS)
-    data = batches(a.root)
+    data = batches(a.root, a.dataset)
 
     if a.bench:
         times = []
@@ -172,7 +177,8 @@ def main() -> None:
     torch.save(samples, a.out / "samples.pt")
     torchvision.utils.save_image(samples[:100] * 0.5 + 0.5, a.out / "samples.png", nrow=10)
     torch.save({"G": G.state_dict(), "D": D.state_dict()}, a.out / "model.pt")
-    info = {"steps": n, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "threads": a.threads}
+    info = {"steps": n, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "threads": a.threads,
+            "dataset": a.dataset}
     (a.out / "run.json").write_text(json.dumps(info) + "\n")
     print(json.dumps(info))
 
