@@ -171,6 +171,8 @@ def test_sample_label_and_compose(tmp_path: Path) -> None:
     train(compose_config([*SMALL, "trainer.max_steps=4"]), tmp_path / "run")
     ckpt = load_checkpoint(tmp_path / "run")
     for name, overrides in (("label", ["sample.n=20", "sample.label=[1,7]"]),
+                            ("chains", ["sample.n=20", "sample.label=[1,7]",
+                                        "sample.label_method=chains"]),
                             ("compose", ["sample.n=8", "compose.labels=[1,7]",
                                          "compose.weights=[1,0.5]"]),
                             ("two", ["sample.n=4", f"compose.ckpts=[{tmp_path / 'run'}]",
@@ -179,16 +181,27 @@ def test_sample_label_and_compose(tmp_path: Path) -> None:
         cfg = merge_overrides(ckpt["config"], compose_config(overrides), overrides)
         (tmp_path / name).mkdir()
         sample(cfg, tmp_path / name, ckpt)
-    metrics = json.loads((tmp_path / "label" / "metrics.json").read_text())
-    assert metrics["labels"] == [1, 7]
-    assert {"conditional/accuracy_1", "conditional/accuracy_7", "conditional/accuracy"} <= \
-        set(metrics)
-    assert (tmp_path / "label" / "conditional_grid.png").is_file()
+    for name, method in (("label", "rejection"), ("chains", "chains")):
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert metrics["labels"] == [1, 7] and metrics["label_method"] == method
+        assert {"conditional/accuracy_1", "conditional/accuracy_7", "conditional/accuracy"} <= \
+            set(metrics)
+        assert (tmp_path / name / "conditional_grid.png").is_file()
+        assert torch.load(tmp_path / name / "samples.pt", weights_only=True).shape[0] == 20
+    # rejection ran whole batches of p(x) chains (sample.batch_size) until both labels had 10
+    assert metrics_of(tmp_path / "label")["conditional/chains_run"] % 500 == 0
+    assert "conditional/chains_run" not in metrics_of(tmp_path / "chains")
     metrics = json.loads((tmp_path / "compose" / "metrics.json").read_text())
     assert metrics["compose"] == [{"weight": 1.0, "label": 1}, {"weight": 0.5, "label": 7}]
     assert 0.0 <= metrics["compose/share_1"] + metrics["compose/share_7"] <= 1.0
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["compose"] == [{"weight": 2.0, "label": 1}, {"weight": -1.0, "label": None}]
+
+
+def metrics_of(run_dir: Path) -> dict:
+    import json
+
+    return json.loads((run_dir / "metrics.json").read_text())
 
 
 def test_eval_scores_the_checkpoints_replay_buffer(tmp_path: Path,

@@ -1,8 +1,10 @@
 """``task=sample`` on energies that condition and add (Du, Li & Mordatch 2020).
 
-- ``sample.label=3`` (or ``[0,1,...]``): chains on E(x, y) of a family that can condition
-  (``Objective.conditional``, e.g. JEM's −f(x)[y]); with a list, the chains are split into
-  consecutive blocks, one label per block.
+- ``sample.label=3`` (or ``[0,1,...]``): samples of p(x | y) of a family that can condition
+  (``Objective.conditional``, e.g. JEM's −f(x)[y]); with a list, the samples are split into
+  consecutive blocks, one label per block. ``sample.label_method``: ``rejection`` keeps
+  unconditional samples by a label drawn from p(y | x) (:mod:`ebmrun.conditional`),
+  ``chains`` runs the sampler on E(x, y).
 - ``compose.labels=[3,8]``: one chain on Σ_k w_k E(x, y_k) of one conditional model
   (conjunction: a product of experts; a negative weight is a negation).
 - ``compose.ckpts=[runB, ...]``: the energies of further checkpoints added to ``ckpt``'s,
@@ -25,6 +27,7 @@ from torch import Tensor
 
 from ebmrun.build import build_trained
 from ebmrun.checkpoint import load_checkpoint
+from ebmrun.conditional import rejection_samples, select_rows
 from ebmrun.config import merge_overrides
 from ebmrun.errors import UserError
 from ebmrun.evaluation import to_unit_range
@@ -98,6 +101,9 @@ class Plan:
         self.objective, self.info = objective, info
         self.chain_labels: list[int] | None = None
         self.terms: list[Term] = []
+        self.label_method = cfg.sample.label_method
+        self.batch_size = cfg.sample.batch_size
+        self._rejected: tuple[SampleResult, int] | None = None  # every row, chains run
         if cfg.sample.label is not None:
             if any(v is not None for v in cfg.compose.values()):
                 raise UserError("sample.label and compose.* ask for different samples (fix: "
@@ -156,6 +162,13 @@ class Plan:
                  generator: torch.Generator, snapshot_every: int) -> SampleResult:
         """Chains ``start .. start + n`` of ``total``."""
         objective = self.objective
+        if self.chain_labels is not None and self.label_method == "rejection":
+            if self._rejected is None:  # all rows at once: one pool of p(x) chains
+                self._rejected = rejection_samples(
+                    objective, block_labels(self.chain_labels, total), steps=steps,
+                    generator=generator, snapshot_every=snapshot_every,
+                    batch_size=self.batch_size)
+            return select_rows([self._rejected[0]], torch.arange(start, start + n))
         if self.chain_labels is not None:
             labels = block_labels(self.chain_labels, total)[start:start + n]
             device = next(objective.model.parameters()).device
@@ -169,7 +182,10 @@ class Plan:
     def describe(self) -> dict:
         """What was sampled, for metrics.json."""
         if self.chain_labels is not None:
-            return {"labels": self.chain_labels}
+            out = {"labels": self.chain_labels, "label_method": self.label_method}
+            if self._rejected is not None:
+                out["conditional/chains_run"] = self._rejected[1]
+            return out
         return {"compose": [{"weight": t.weight, "label": t.label} for t in self.terms]}
 
     def score(self, samples: Tensor, dataset: str, root: str | None) -> dict[str, float]:

@@ -90,7 +90,8 @@ class SampleConfig:
     steps: Optional[int] = None
     batch_size: int = 500
     snapshot_every: Optional[int] = None
-    label: Any = None  # a class label or a list: conditional chains (ebmrun.composition)
+    label: Any = None  # a class label or a list: conditional samples (ebmrun.composition)
+    label_method: str = "rejection"  # rejection (ebmrun.conditional) | chains (on E(x, y))
 
 
 @dataclass
@@ -193,6 +194,7 @@ def register_configs() -> None:
 
 
 SCHEDULES = ("constant", "exponential", "warmup_cosine")  # see ebmrun.optimization.Schedule
+LABEL_METHODS = ("rejection", "chains")  # see ebmrun.composition / ebmrun.conditional
 
 
 def _positive(value: Any) -> bool:
@@ -227,6 +229,7 @@ VALUE_CHECKS: list[tuple[str, Any, str]] = [
     ("sample.n", _positive, "a positive integer"),
     ("sample.batch_size", _positive, "a positive integer"),
     ("sample.steps", lambda v: v is None or v >= 0, "null or an integer >= 0"),
+    ("sample.label_method", lambda v: v in LABEL_METHODS, " | ".join(LABEL_METHODS)),
     ("device.threads", lambda v: v is None or v > 0, "null or a positive integer"),
     ("eval.every", lambda v: v is None or v > 0, "null or a positive integer"),
     ("eval.n_samples", lambda v: v >= 2, "an integer >= 2"),
