@@ -190,6 +190,7 @@ def test_sample_label_and_compose(tmp_path: Path) -> None:
         assert torch.load(tmp_path / name / "samples.pt", weights_only=True).shape[0] == 20
     # rejection ran whole batches of p(x) chains (sample.batch_size) until both labels had 10
     assert metrics_of(tmp_path / "label")["conditional/chains_run"] % 500 == 0
+    assert metrics_of(tmp_path / "label")["label_refine_steps"] == 30
     assert "conditional/chains_run" not in metrics_of(tmp_path / "chains")
     metrics = json.loads((tmp_path / "compose" / "metrics.json").read_text())
     assert metrics["compose"] == [{"weight": 1.0, "label": 1}, {"weight": 0.5, "label": 7}]

@@ -3,8 +3,9 @@
 - ``sample.label=3`` (or ``[0,1,...]``): samples of p(x | y) of a family that can condition
   (``Objective.conditional``, e.g. JEM's −f(x)[y]); with a list, the samples are split into
   consecutive blocks, one label per block. ``sample.label_method``: ``rejection`` keeps
-  unconditional samples by a label drawn from p(y | x) (:mod:`ebmrun.conditional`),
-  ``chains`` runs the sampler on E(x, y).
+  unconditional samples by a label drawn from p(y | x), then runs ``label_refine_steps``
+  on E(x, y) from them (:mod:`ebmrun.conditional`); ``chains`` runs the sampler on E(x, y)
+  from noise.
 - ``compose.labels=[3,8]``: one chain on Σ_k w_k E(x, y_k) of one conditional model
   (conjunction: a product of experts; a negative weight is a negation).
 - ``compose.ckpts=[runB, ...]``: the energies of further checkpoints added to ``ckpt``'s,
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from ebmrun.build import build_trained
 from ebmrun.checkpoint import load_checkpoint
-from ebmrun.conditional import rejection_samples, select_rows
+from ebmrun.conditional import refine, rejection_samples, select_rows
 from ebmrun.config import merge_overrides
 from ebmrun.errors import UserError
 from ebmrun.evaluation import to_unit_range
@@ -102,6 +103,7 @@ class Plan:
         self.chain_labels: list[int] | None = None
         self.terms: list[Term] = []
         self.label_method = cfg.sample.label_method
+        self.refine_steps = cfg.sample.label_refine_steps
         self.batch_size = cfg.sample.batch_size
         self._rejected: tuple[SampleResult, int] | None = None  # every row, chains run
         if cfg.sample.label is not None:
@@ -164,10 +166,12 @@ class Plan:
         objective = self.objective
         if self.chain_labels is not None and self.label_method == "rejection":
             if self._rejected is None:  # all rows at once: one pool of p(x) chains
-                self._rejected = rejection_samples(
-                    objective, block_labels(self.chain_labels, total), steps=steps,
-                    generator=generator, snapshot_every=snapshot_every,
-                    batch_size=self.batch_size)
+                labels = block_labels(self.chain_labels, total)
+                kept, chains = rejection_samples(
+                    objective, labels, steps=steps, generator=generator,
+                    snapshot_every=snapshot_every, batch_size=self.batch_size)
+                self._rejected = (refine(objective, kept, labels, steps=self.refine_steps,
+                                         generator=generator), chains)
             return select_rows([self._rejected[0]], torch.arange(start, start + n))
         if self.chain_labels is not None:
             labels = block_labels(self.chain_labels, total)[start:start + n]
@@ -183,6 +187,8 @@ class Plan:
         """What was sampled, for metrics.json."""
         if self.chain_labels is not None:
             out = {"labels": self.chain_labels, "label_method": self.label_method}
+            if self.label_method == "rejection":
+                out["label_refine_steps"] = self.refine_steps
             if self._rejected is not None:
                 out["conditional/chains_run"] = self._rejected[1]
             return out

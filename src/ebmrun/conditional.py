@@ -7,6 +7,11 @@ label y. The pairs (x, y) are draws of the joint, so the x kept for a label are 
 p(x | y), exactly as far as the chains sample p(x). Each kept sample costs 1 / p(y) chains
 on average (about K for balanced classes); every chain is kept by some label.
 
+Then ``sample.label_refine_steps`` steps of the sampler on E(x, y) start from the kept
+states. Their target is the same p(x | y), so they cannot move exact draws away from it; on
+the shipped jem_mnist they turn the ambiguous draws (p(y | x) well under 1, read by the
+evaluator as another digit) into clear ones: 93.4 % → 98.1 % as asked with 30 steps.
+
 Why not chains on E(x, y) = −f(x)[y] (``sample.label_method=chains``)? They follow the
 logit of one class uphill, and a classifier's logit keeps rising off the data, where the
 evaluator (and a reader) see another digit: on the shipped jem_mnist checkpoint, chains on
@@ -90,3 +95,18 @@ def rejection_samples(objective: Objective, labels: Tensor, *, steps: int | None
     next_of = {label: iter(rows) for label, rows in kept.items()}
     rows = torch.tensor([next(next_of[int(label)]) for label in labels])
     return select_rows(results, rows), drawn
+
+
+def refine(objective: Objective, kept: SampleResult, labels: Tensor, *, steps: int,
+           generator: torch.Generator) -> SampleResult:
+    """``steps`` sampler steps on E(x, y) from the kept states ``kept.x`` ``(n, ...)`` with
+    ``labels`` ``(n,)``. The p(x) chains' statistics and traces stay (diagnostics of those
+    chains); the last snapshot is the refined state; no score (it was of E(x) at kept.x)."""
+    if steps == 0:
+        return kept
+    device = kept.x.device
+    refined = objective.sampler.sample(objective.conditional_energy(labels.to(device)),
+                                       kept.x, steps=steps, generator=generator).x
+    chain = [*kept.chain, refined] if kept.chain else []
+    return SampleResult(x=refined, stats=kept.stats, chain=chain,
+                        chain_traces=kept.chain_traces, score=None)

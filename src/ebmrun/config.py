@@ -92,6 +92,7 @@ class SampleConfig:
     snapshot_every: Optional[int] = None
     label: Any = None  # a class label or a list: conditional samples (ebmrun.composition)
     label_method: str = "rejection"  # rejection (ebmrun.conditional) | chains (on E(x, y))
+    label_refine_steps: int = 30  # rejection: sampler steps on E(x, y) from the kept samples
 
 
 @dataclass
@@ -230,6 +231,7 @@ VALUE_CHECKS: list[tuple[str, Any, str]] = [
     ("sample.batch_size", _positive, "a positive integer"),
     ("sample.steps", lambda v: v is None or v >= 0, "null or an integer >= 0"),
     ("sample.label_method", lambda v: v in LABEL_METHODS, " | ".join(LABEL_METHODS)),
+    ("sample.label_refine_steps", lambda v: v >= 0, "an integer >= 0"),
     ("device.threads", lambda v: v is None or v > 0, "null or a positive integer"),
     ("eval.every", lambda v: v is None or v > 0, "null or a positive integer"),
     ("eval.n_samples", lambda v: v >= 2, "an integer >= 2"),

@@ -63,7 +63,7 @@ class JEM(ReplayBufferCD, ChainsFromNoise, Objective):
     def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,
                  generator: torch.Generator, px_weight: float = 1.0, alpha: float = 0.0,
                  data_noise_std: float = 0.0, buffer_size: int = 10000,
-                 reinit_fraction: float = 0.05, sample_steps: int = 200,
+                 reinit_fraction: float = 0.05, sample_steps: int = 500,
                  ece_bins: int = 15, conditional_negatives: float = 0.0) -> None:
         super().__init__(model, data, generator)
         if px_weight < 0 or alpha < 0:
