@@ -71,13 +71,23 @@ def test_select_rows_keeps_each_chains_records_together() -> None:
     assert torch.equal(picked.stats["energy"], torch.ones(3) * 4)  # mean of the batches'
 
 
-def test_a_label_the_model_never_draws_is_refused() -> None:
+def test_a_label_the_model_never_draws_is_refused_early() -> None:
+    """Refused after two batches (an optimistic pace of 200 chains per 3 samples: 667 for
+    10 samples), not after the 400-chain budget; a label at 5 % of p(x) (1,000 chains for
+    its 50 samples, limit 2,000) is sampled."""
     never = GaussianJoint(torch.tensor([0.5, 0.5, 0.0]))
-    with pytest.raises(UserError, match=r"label 2 got 0 of 10 samples in 400 chains.*"
-                                        r"sample.label_method=chains"):
+    with pytest.raises(UserError, match=r"label 2 got 0 of 10 samples in 200 chains from "
+                                        r"p\(x\), on course for at least 667 chains \(limit "
+                                        r"400\).*sample.label_method=chains"):
         rejection_samples(never, torch.tensor([0, 2]).repeat_interleave(10), steps=None,
                           generator=torch.Generator().manual_seed(0), snapshot_every=0,
                           batch_size=100)
+    rare = GaussianJoint(torch.tensor([0.55, 0.4, 0.05]))
+    labels = torch.tensor([0, 2]).repeat_interleave(50)
+    result, chains = rejection_samples(rare, labels, steps=None,
+                                       generator=torch.Generator().manual_seed(0),
+                                       snapshot_every=0, batch_size=100)
+    assert result.x.shape == (100, 1) and 600 <= chains < 20 * 100
 
 
 def test_refinement_runs_the_sampler_on_each_rows_label() -> None:

@@ -32,7 +32,8 @@ from ebmrun.objectives.base import Objective
 from ebmrun.samplers.base import SampleResult
 
 # A label the model gives less than 1 / MAX_DRAWS_PER_SAMPLE of its p(x) mass is refused
-# rather than sampled for hours.
+# rather than sampled for hours: as soon as the chains run so far (at least one per asked
+# sample) put the label's pace past that budget, not when the budget is spent.
 MAX_DRAWS_PER_SAMPLE = 20
 
 
@@ -60,6 +61,23 @@ def label_draws(objective: Objective, x: Tensor, generator: torch.Generator) -> 
     return torch.multinomial(probs, 1, generator=generator).squeeze(1).cpu()
 
 
+def _refuse_a_rare_label(kept: dict[int, list[int]], wanted: dict[int, int], drawn: int,
+                         limit: int, started: bool) -> None:
+    """UserError for the label furthest behind when the chains would pass ``limit``: at the
+    limit, or once ``started`` when even an optimistic pace (kept + 3, about a 95 % upper
+    bound of a Poisson count near 0) would pass it — few kept samples are noisy."""
+    pace = {label: drawn * wanted[label] / (len(kept[label]) + 3)
+            for label in wanted if len(kept[label]) < wanted[label]}
+    label = max(pace, key=pace.get)
+    if drawn >= limit or (started and pace[label] > limit):
+        raise UserError(
+            f"sample.label_method=rejection: label {label} got {len(kept[label])} of "
+            f"{wanted[label]} samples in {drawn} chains from p(x), on course for at least "
+            f"{round(pace[label]):,} chains (limit {limit:,}): the model rarely draws it "
+            f"(fix: more sample.steps, so the chains reach more classes, or "
+            f"sample.label_method=chains)")
+
+
 def rejection_samples(objective: Objective, labels: Tensor, *, steps: int | None,
                       generator: torch.Generator, snapshot_every: int,
                       batch_size: int) -> tuple[SampleResult, int]:
@@ -76,13 +94,7 @@ def rejection_samples(objective: Objective, labels: Tensor, *, steps: int | None
     with tqdm(total=len(labels), desc="p(x) chains, kept by label", dynamic_ncols=True,
               leave=False) as bar:
         while any(len(kept[label]) < n for label, n in wanted.items()):
-            if drawn >= limit:
-                label = min(wanted, key=lambda k: len(kept[k]) / wanted[k])
-                raise UserError(
-                    f"sample.label_method=rejection: label {label} got {len(kept[label])} of "
-                    f"{wanted[label]} samples in {drawn} chains from p(x): the model rarely "
-                    f"draws it (fix: more sample.steps, so the chains reach more classes, or "
-                    f"sample.label_method=chains)")
+            _refuse_a_rare_label(kept, wanted, drawn, limit, started=drawn >= len(labels))
             result = objective.generate(batch_size, steps=steps, generator=generator,
                                         snapshot_every=snapshot_every)
             for row, label in enumerate(label_draws(objective, result.x, generator).tolist()):
