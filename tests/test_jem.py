@@ -182,7 +182,7 @@ def test_sample_label_and_compose(tmp_path: Path) -> None:
         (tmp_path / name).mkdir()
         sample(cfg, tmp_path / name, ckpt)
     for name, method in (("label", "rejection"), ("chains", "chains")):
-        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        metrics = metrics_of(tmp_path / name)
         assert metrics["labels"] == [1, 7] and metrics["label_method"] == method
         assert {"conditional/accuracy_1", "conditional/accuracy_7", "conditional/accuracy"} <= \
             set(metrics)
