@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torchvision.utils import save_image
 
 from ebmrun.checkpoint import atomic_torch_save, atomic_write_bytes, atomic_write_json
 from ebmrun.logging import RunLogger, figures, plots2d
@@ -28,6 +27,10 @@ from ebmrun.objectives.base import DataInfo
 
 def png_bytes(grid: Tensor) -> bytes:
     """Encode a ``(C, H, W)`` image in [0, 1] as PNG."""
+    # Imported here, not at the top: torchvision pulls in torch._dynamo (~3 s on a 2-core
+    # CPU), which every `ebmrun` start would pay, --help and one-line input errors included.
+    from torchvision.utils import save_image
+
     buffer = io.BytesIO()
     save_image(grid, buffer, format="png")
     return buffer.getvalue()

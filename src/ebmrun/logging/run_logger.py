@@ -29,7 +29,6 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import custom_scalars
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
-from torchvision.utils import make_grid
 
 from ebmrun.logging import tags as tag_scheme
 
@@ -38,6 +37,8 @@ HParamValue = float | int | str | bool
 
 def image_grid(images: Tensor, value_range: tuple[float, float], nrow: int = 8) -> Tensor:
     """``(N, C, H, W)`` images in ``value_range`` -> one ``(3|1, H', W')`` grid in [0, 1]."""
+    from torchvision.utils import make_grid  # here: torchvision is slow to import (outputs.py)
+
     low, high = value_range
     images = ((images.detach().float().cpu() - low) / (high - low)).clamp_(0, 1)
     return make_grid(images, nrow=nrow, padding=2, pad_value=0.5)
