@@ -26,7 +26,9 @@ run: data  ## train the default model (deep EBM on MNIST, 2,000 steps: ~19 min o
 	$(BIN)/ebmrun
 
 test: data  ## run the test suite (fast tests; no GPU; network only if data is missing)
-	$(BIN)/python -m pytest -q
+	@# -n auto: one worker per core; loadscope: a module's tests share a worker, so its
+	@# module-scoped fixtures (trained checkpoints) are built once, not once per worker
+	$(BIN)/python -m pytest -q -n auto --dist loadscope
 
 test-slow: data  ## run only the slow statistical / quality tests
 	$(BIN)/python -m pytest -q -m slow

@@ -20,6 +20,11 @@ TINY = ["device=cpu", "trainer.max_steps=4", "trainer.batch_size=16", "trainer.l
         "trainer.image_every=2", "trainer.ckpt_every=2", "trainer.progress=false",
         "sampler.steps=3", "model.objective.buffer_size=64", "model.objective.sample_steps=4"]
 
+# EBGAN's shipped nets (a 1024 x 6272 layer in G) write ~87 MB of weights and Adam state per
+# checkpoint; tests about the runner, not the recipe, use the same layers at toy widths.
+SMALL_EBGAN_NETS = ["model.net.z_dim=8", "model.net.gen_fc=[32]", "model.net.gen_channels=[16,8]",
+                    "model.net.disc_channels=[8]", "model.net.code_dim=8"]
+
 
 def _find_data_root() -> Path:
     """$EBMRUN_DATA_DIR (relative to the repo root, as CI sets it), else the shared folder
@@ -29,6 +34,16 @@ def _find_data_root() -> Path:
         return (REPO_ROOT / env).resolve()
     shared = REPO_ROOT.parent / "shared" / "data"
     return shared if shared.is_dir() else REPO_ROOT / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test` runs one worker per core) each worker's torch gets its
+    share of the cores, not all of them: N workers x all cores oversubscribes the CPU."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers:
+        import torch
+
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
