@@ -19,7 +19,7 @@ from ebmrun.objectives.ebgan import (EBGANObjective, margin_loss, pulling_away_t
 from ebmrun.run import train, training_step
 from ebmrun.samplers.langevin import Langevin
 
-from conftest import compose_config, run_ok
+from conftest import SMALL_EBGAN_NETS, compose_config, run_ok
 
 MNIST = DataInfo((1, 28, 28), (-1.0, 1.0), (-1.0, 1.0))
 TINY_EBGAN = ["model=ebgan", "device=cpu", "trainer.max_steps=4", "trainer.batch_size=16",
@@ -192,7 +192,7 @@ def test_family_keys_apply_to_a_saved_run_without_plus(tmp_path: Path) -> None:
     """ckpt=/resume= compose with the checkpoint's own model, so EBGAN-only keys need no
     `+` (the old `+key` spelling keeps working)."""
     run = tmp_path / "run"
-    run_ok([*TINY_EBGAN, f"hydra.run.dir={run}"], tmp_path)
+    run_ok([*TINY_EBGAN, *SMALL_EBGAN_NETS, f"hydra.run.dir={run}"], tmp_path)
     for i, refine in enumerate(["model.objective.latent_refine=true",
                                 "+model.objective.latent_refine=true"]):
         out = tmp_path / f"sample{i}"

@@ -16,7 +16,7 @@ import torch
 
 from ebmrun.checkpoint import load_checkpoint
 from ebmrun.divergence import DivergenceGuard
-from conftest import TINY, _find_data_root, run_cli
+from conftest import SMALL_EBGAN_NETS, TINY, _find_data_root, run_cli
 
 # A driver that dies (like SIGKILL) half-way through writing the N-th checkpoint: the temp
 # file is truncated and the process exits before the rename.
@@ -37,7 +37,7 @@ main(sys.argv[1:])
 
 DEEP_EBM = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.ckpt_every"))]
 EBGAN = ["model=ebgan", "device=cpu", "trainer.batch_size=16", "trainer.log_every=2",
-         "trainer.image_every=5", "trainer.progress=false", "sampler.steps=3"]
+         "trainer.image_every=5", "trainer.progress=false", "sampler.steps=3", *SMALL_EBGAN_NETS]
 
 
 def _env() -> dict[str, str]:
