@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from ebmrun.conditional import refine, rejection_samples, select_rows
+from ebmrun.conditional import refine, rejection_samples, rows_by_label, select_rows
 from ebmrun.errors import UserError
 from ebmrun.samplers.base import SampleResult
 from ebmrun.samplers.langevin import Langevin
@@ -108,3 +108,11 @@ def test_refinement_runs_the_sampler_on_each_rows_label() -> None:
     assert refined.score is None and torch.equal(refined.chain_traces["energy"],
                                                  kept.chain_traces["energy"])
     assert refine(joint, kept, labels, steps=0, generator=generator) is kept
+
+
+def test_rows_by_label_fills_each_row_with_its_label_in_order() -> None:
+    x = torch.arange(7.0).reshape(7, 1, 1, 1)
+    labels = torch.tensor([2, 0, 2, 2, 0, 2, 1])
+    rows = rows_by_label(x, labels, num_classes=4, per_row=3, blank=-1.0).flatten()
+    # row 0: items 1, 4; row 1: item 6; row 2: the first three of 0, 2, 3, 5; row 3 empty
+    assert rows.tolist() == [1, 4, -1, 6, -1, -1, 0, 2, 3, -1, -1, -1]

@@ -132,6 +132,24 @@ def test_conditional_negatives_deal_labels_out_by_slot() -> None:
         JEM(model, sampler, info, torch.Generator(), conditional_negatives=1.5)
 
 
+def test_pictures_sort_the_chains_from_noise_by_a_label_drawn_from_p_y_given_x() -> None:
+    """images/samples_by_label: the chains on E(x) in rows by y ~ p(y | x), no chains on
+    E(x, k). A classifier sure of label 3 everywhere fills row 3 and leaves the rest grey."""
+    torch.manual_seed(0)
+    model = ClassifierEnergy((1, 28, 28), conv_channels=(4, 8, 8, 8), conv_hidden=16)
+    info = DataInfo((1, 28, 28), (-1.0, 1.0), (-1.0, 1.0))
+    jem = JEM(model, Langevin(steps=2, step_size=1.0, noise_std=0.005, grad_clip=0.03), info,
+              torch.Generator().manual_seed(1), buffer_size=40)
+    sure_of_3 = torch.full((10,), 50.0).index_fill_(0, torch.tensor([3]), 0.0)
+    jem.class_energies = lambda x: sure_of_3.expand(len(x), 10)
+    pictures = jem.visuals(torch.Generator().manual_seed(2))
+    rows = pictures["samples_by_label"].reshape(10, 8, -1)
+    assert pictures["samples_from_noise"].shape == (64, 1, 28, 28)
+    assert (rows[3] != 0.0).any(dim=1).all()  # 8 chains of label 3 (grey is 0 on [-1, 1])
+    assert (rows[torch.arange(10) != 3] == 0.0).all()
+    assert torch.equal(rows[3], pictures["samples_from_noise"][:8].reshape(8, -1))
+
+
 def test_conditional_labels_split_chains_into_blocks() -> None:
     assert block_labels([3], 4).tolist() == [3, 3, 3, 3]
     assert block_labels([0, 1, 2], 7).tolist() == [0, 0, 0, 1, 1, 1, 2]

@@ -62,6 +62,19 @@ def label_draws(objective: Objective, x: Tensor, generator: torch.Generator) -> 
     return torch.multinomial(probs, 1, generator=generator).squeeze(1).cpu()
 
 
+def rows_by_label(x: Tensor, labels: Tensor, num_classes: int, per_row: int,
+                  blank: float) -> Tensor:
+    """A picture of ``x`` ``(B, ...)`` in rows by label: row k holds the first ``per_row``
+    items whose label (``labels`` ``(B,)``) is k, the places left over are ``blank``.
+    Returns ``(num_classes * per_row, ...)``."""
+    rows = x.new_full((num_classes * per_row, *x.shape[1:]), blank)
+    labels = labels.to(x.device)
+    for k in range(num_classes):
+        mine = x[labels == k][:per_row]
+        rows[k * per_row: k * per_row + len(mine)] = mine
+    return rows
+
+
 def _refuse_a_rare_label(kept: dict[int, list[int]], wanted: dict[int, int], drawn: int,
                          limit: int, started: bool) -> None:
     """UserError for the label furthest behind when the chains would pass ``limit``: at the

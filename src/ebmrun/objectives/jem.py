@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ebmrun.conditional import label_draws, rows_by_label
 from ebmrun.metrics.calibration import expected_calibration_error
 from ebmrun.objectives.base import DataInfo, EvalReport, Objective
 from ebmrun.objectives.common import ChainsFromNoise
@@ -154,10 +155,15 @@ class JEM(ReplayBufferCD, ChainsFromNoise, Objective):
 
     @torch.no_grad()
     def visuals(self, generator: torch.Generator) -> dict[str, Tensor]:
-        """Fresh samples per class (row k: 8 chains on E(x, k)), the replay buffer."""
-        labels = torch.arange(self.num_classes, device=self.buffer.data.device)
-        per_class = self.generate(8 * self.num_classes, generator=generator,
-                                  labels=labels.repeat_interleave(8)).x
-        fresh = self.generate(64, generator=generator).x
-        return {"samples_per_class": per_class, "samples_from_noise": fresh,
+        """Chains from noise on E(x) (64 shown), the same chains in rows by one label
+        y ~ p(y | x) each (row k: up to 8 of label k, grey where the chains drew fewer), and
+        the replay buffer. The rows are how ``task=sample``'s rejection method draws p(x | y)
+        (before its refinement steps), from the chains already run: chains on E(x, k) climb a
+        logit off the data and would show digits a reader takes for another class."""
+        per_row = 8
+        fresh = self.generate(max(64, 12 * self.num_classes), generator=generator).x
+        low, high = self.data.value_range
+        by_label = rows_by_label(fresh, label_draws(self, fresh, generator), self.num_classes,
+                                 per_row, blank=(low + high) / 2)
+        return {"samples_by_label": by_label, "samples_from_noise": fresh[:64],
                 "buffer": self.buffer_picture()}
