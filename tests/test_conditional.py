@@ -59,6 +59,27 @@ def test_kept_samples_follow_each_conditional_density() -> None:
     assert torch.equal(result.chain_traces["energy"][:, 0], result.x[:, 0])
 
 
+def test_only_the_kept_chains_are_held_while_a_rare_label_fills(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Label 2 (10 % of p(x)) needs ~3,000 chains for its 300 samples; the states and
+    snapshots held for the end are those of the 900 kept chains, not of all of them."""
+    import ebmrun.conditional as conditional
+
+    held_rows: list[int] = []
+
+    def recording_select_rows(results: list[SampleResult], rows: Tensor) -> SampleResult:
+        held_rows.append(sum(len(r.x) for r in results))
+        return select_rows(results, rows)
+
+    monkeypatch.setattr(conditional, "select_rows", recording_select_rows)
+    labels = torch.tensor([2, 0, 1]).repeat_interleave(300)
+    result, chains = conditional.rejection_samples(
+        GaussianJoint(), labels, steps=None, generator=torch.Generator().manual_seed(0),
+        snapshot_every=1, batch_size=1000)
+    assert chains >= 3000 and result.x.shape == (900, 1)
+    assert held_rows[-1] == 900  # the last call assembles the kept rows
+
+
 def test_select_rows_keeps_each_chains_records_together() -> None:
     batches = [GaussianJoint().generate(4, steps=None, generator=torch.Generator()
                                         .manual_seed(seed), snapshot_every=1)

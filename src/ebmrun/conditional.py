@@ -102,25 +102,29 @@ def rejection_samples(objective: Objective, labels: Tensor, *, steps: int | None
     """
     labels = labels.cpu()
     wanted = {int(label): int((labels == label).sum()) for label in labels.unique()}
-    kept: dict[int, list[int]] = {label: [] for label in wanted}  # rows of the drawn chains
-    results: list[SampleResult] = []
-    drawn, limit = 0, MAX_DRAWS_PER_SAMPLE * len(labels)
+    kept: dict[int, list[int]] = {label: [] for label in wanted}  # rows of the kept chains
+    # Each batch is cut to the rows it gave (with its own statistics) before the next runs:
+    # a rare label may take many batches, and their states and snapshots are not needed.
+    batches: list[SampleResult] = []
+    drawn, held, limit = 0, 0, MAX_DRAWS_PER_SAMPLE * len(labels)
     with tqdm(total=len(labels), desc="p(x) chains, kept by label", dynamic_ncols=True,
               leave=False) as bar:
         while any(len(kept[label]) < n for label, n in wanted.items()):
             _refuse_a_rare_label(kept, wanted, drawn, limit, started=drawn >= len(labels))
             result = objective.generate(batch_size, steps=steps, generator=generator,
                                         snapshot_every=snapshot_every)
+            rows = []
             for row, label in enumerate(label_draws(objective, result.x, generator).tolist()):
                 if label in kept and len(kept[label]) < wanted[label]:
-                    kept[label].append(drawn + row)
+                    kept[label].append(held + len(rows))
+                    rows.append(row)
                     bar.update(1)
-            results.append(result)
-            drawn += batch_size
+            batches.append(select_rows([result], torch.tensor(rows, dtype=torch.long)))
+            drawn, held = drawn + batch_size, held + len(rows)
             bar.set_postfix(chains=drawn)
     next_of = {label: iter(rows) for label, rows in kept.items()}
-    rows = torch.tensor([next(next_of[int(label)]) for label in labels])
-    return select_rows(results, rows), drawn
+    order = torch.tensor([next(next_of[int(label)]) for label in labels])
+    return select_rows(batches, order), drawn
 
 
 def refine(objective: Objective, kept: SampleResult, labels: Tensor, *, steps: int,
