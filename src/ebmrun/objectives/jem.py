@@ -160,7 +160,7 @@ class JEM(ReplayBufferCD, ChainsFromNoise, Objective):
         the replay buffer. The rows are how ``task=sample``'s rejection method draws p(x | y)
         (before its refinement steps), from the chains already run: chains on E(x, k) climb a
         logit off the data and would show digits a reader takes for another class."""
-        per_row = 8
+        per_row = 8  # 1.5 chains per place, so balanced classes mostly fill their rows
         fresh = self.generate(max(64, 12 * self.num_classes), generator=generator).x
         low, high = self.data.value_range
         by_label = rows_by_label(fresh, label_draws(self, fresh, generator), self.num_classes,
