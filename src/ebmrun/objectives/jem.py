@@ -161,7 +161,8 @@ class JEM(ReplayBufferCD, ChainsFromNoise, Objective):
         (before its refinement steps), from the chains already run: chains on E(x, k) climb a
         logit off the data and would show digits a reader takes for another class."""
         per_row = 8  # 1.5 chains per place, so balanced classes mostly fill their rows
-        fresh = self.generate(max(64, 12 * self.num_classes), generator=generator).x
+        fresh = self.generate(max(64, per_row * 3 // 2 * self.num_classes),
+                              generator=generator).x
         low, high = self.data.value_range
         by_label = rows_by_label(fresh, label_draws(self, fresh, generator), self.num_classes,
                                  per_row, blank=(low + high) / 2)
