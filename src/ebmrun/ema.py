@@ -27,11 +27,15 @@ class EMA:
 
     @torch.no_grad()
     def update(self) -> None:
+        averaged = []
         for key, value in self.model.state_dict().items():
             if value.dtype.is_floating_point:
-                self.shadow[key].lerp_(value, 1 - self.decay)
+                averaged.append((self.shadow[key], value))
             else:  # counters (BatchNorm's num_batches_tracked): the latest
                 self.shadow[key].copy_(value)
+        if averaged:  # one foreach kernel instead of one lerp per tensor (same values)
+            shadows, values = zip(*averaged)
+            torch._foreach_lerp_(list(shadows), list(values), 1 - self.decay)
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
