@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from ebmrun.build import build_components, build_trained, optim_settings, validate_config
 from ebmrun.checkpoint import load_checkpoint
 from ebmrun.cli import CONFIG_DIR
-from ebmrun.config import Config
+from ebmrun.config import Config, merge_overrides
 from ebmrun.errors import UserError
 from ebmrun.objectives.base import DataInfo
 from ebmrun.optimization import Schedule, Updater, group_settings
@@ -150,6 +150,26 @@ def test_an_ema_run_samples_from_the_ema_weights(tmp_path: Path) -> None:
     generator = torch.Generator().manual_seed(cfg.seed)
     again = parts.objective.generate(100, generator=generator, snapshot_every=32).x
     torch.testing.assert_close(torch.load(tmp_path / "samples.pt").float(), again.float())
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_optim_fused_reaches_every_adam(fused: bool) -> None:
+    for overrides in (["model=deep_ebm"], EBGAN[:-3], ["model=vae"]):
+        cfg = compose_config([*overrides, "device=cpu", f"optim.fused={fused}"])
+        parts = build_components(cfg, MNIST)
+        optimizers = parts.objective.configure_optimizers(optim_settings(cfg))
+        assert [bool(o.defaults["fused"]) for o in optimizers] == [fused] * len(optimizers)
+
+
+def test_a_vae_checkpoint_that_saved_objective_fused_still_loads() -> None:
+    """VAE runs saved ``model.objective.fused`` before it became ``optim.fused``."""
+    saved = OmegaConf.to_container(compose_config(["model=vae", "device=cpu"]), resolve=True)
+    saved["model"]["objective"]["fused"] = False
+    del saved["optim"]["fused"]
+    cfg = merge_overrides(saved, compose_config(["task=sample"]), ["task=sample"])
+    assert "fused" not in cfg.model.objective and cfg.optim.fused is False
+    assert "fused" in saved["model"]["objective"]  # the checkpoint's own dict is left alone
+    build_components(cfg, MNIST)  # the VAE objective no longer takes `fused`
 
 
 def test_schema_defaults_and_the_yaml_agree() -> None:

@@ -37,7 +37,7 @@ def _settings(**changes):
 
 
 UNIT = DataInfo((1, 28, 28), (0.0, 1.0), (0.0, 1.0))
-ADAM = OptimSettings(name="adam", lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)
+ADAM = OptimSettings(name="adam", lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, fused=True)
 TINY = ["dataset.value_range=[0,1]", "device=cpu", "device.threads=1", "trainer.max_steps=4",
         "trainer.batch_size=16", "trainer.log_every=2", "trainer.image_every=2",
         "trainer.ckpt_every=2", "trainer.progress=false", "model.net.n_atoms=32",

@@ -206,7 +206,7 @@ def data_info_of(data: InMemoryData) -> DataInfo:
 
 def optim_settings(cfg: DictConfig) -> OptimSettings:
     return OptimSettings(name=cfg.optim.name, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                         weight_decay=cfg.optim.weight_decay)
+                         weight_decay=cfg.optim.weight_decay, fused=cfg.optim.fused)
 
 
 def make_batches(cfg: DictConfig, data: InMemoryData) -> BatchIterator:

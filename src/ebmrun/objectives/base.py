@@ -47,6 +47,7 @@ class OptimSettings:
     lr: float
     betas: tuple[float, float]
     weight_decay: float
+    fused: bool
 
 
 @dataclass
@@ -78,14 +79,14 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 
 
 def make_optimizer(params, settings: OptimSettings, lr: float | None = None,
-                   betas: Sequence[float] | None = None, **adam_options) -> torch.optim.Optimizer:
+                   betas: Sequence[float] | None = None) -> torch.optim.Optimizer:
     """Build the optimizer named in ``settings``. A model's own ``lr``/``betas`` (e.g. per
-    network) replace the settings' where not None; betas and ``adam_options`` (e.g.
-    ``fused``) apply to adam/adamw only."""
+    network) replace the settings' where not None; betas and ``settings.fused`` apply to
+    adam/adamw only."""
     kwargs = {"lr": settings.lr if lr is None else lr, "weight_decay": settings.weight_decay}
     if settings.name in ("adam", "adamw"):
         kwargs["betas"] = tuple(settings.betas if betas is None else betas)
-        kwargs.update(adam_options)
+        kwargs["fused"] = settings.fused
     return OPTIMIZERS[settings.name](params, **kwargs)
 
 

@@ -41,7 +41,6 @@ class VAEObjective(Objective):
             ``dataset.binarize``); needs data in [0, 1].
         lr / betas: Adam settings for this model (null: ``optim.lr`` / ``optim.betas``,
             whose defaults suit deep EBMs, not auto-encoders).
-        fused: use the fused Adam/AdamW kernel (one kernel for all parameters per step).
         energy_samples: z draws per item in :meth:`energy` (−ELBO estimate with a fixed seed).
         latent_refine: ``generate`` runs the sampler on the latent energy
             ``½‖z‖² + refine_weight · F(mean(z))`` (F = −ELBO of the decoded mean at z = μ)
@@ -56,7 +55,7 @@ class VAEObjective(Objective):
 
     def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,
                  generator: torch.Generator, beta: float = 1.0, binarize: str | None = None,
-                 lr: float | None = 1e-3, betas: list[float] | None = None, fused: bool = True,
+                 lr: float | None = 1e-3, betas: list[float] | None = None,
                  energy_samples: int = 1, latent_refine: bool = False,
                  refine_weight: float = 1.0) -> None:
         super().__init__(model, data, generator)
@@ -70,7 +69,7 @@ class VAEObjective(Objective):
                              f"{list(data.value_range)} (fix: dataset.value_range=[0,1])")
         self.sampler = sampler
         self.beta, self.binarize = float(beta), binarize
-        self.lr, self.betas, self.fused = lr, betas, bool(fused)
+        self.lr, self.betas = lr, betas
         self.energy_samples = int(energy_samples)
         self.latent_refine, self.refine_weight = bool(latent_refine), float(refine_weight)
         self.uses_sampler = self.latent_refine  # the sampler refines z in generate only
@@ -80,8 +79,7 @@ class VAEObjective(Objective):
         self._last_x: Tensor | None = None  # the last training batch, for reconstructions
 
     def configure_optimizers(self, settings: OptimSettings) -> list[torch.optim.Optimizer]:
-        return [make_optimizer(self.model.parameters(), settings, self.lr, self.betas,
-                               fused=self.fused)]
+        return [make_optimizer(self.model.parameters(), settings, self.lr, self.betas)]
 
     def training_step(self, x: Tensor) -> dict[str, Tensor]:
         """β-ELBO of one batch (after a fresh binarisation when ``binarize``)."""
