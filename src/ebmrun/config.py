@@ -277,24 +277,15 @@ NOT_REAPPLICABLE = ("experiment",)
 MOVED_KEYS = {"model.objective.fused": "optim.fused"}
 
 
-def with_moved_keys(saved: dict) -> dict:
-    """A copy of a saved config ``dict`` with every :data:`MOVED_KEYS` entry at its new place."""
-    import copy
+def move_old_keys(cfg: DictConfig) -> None:
+    """Put every :data:`MOVED_KEYS` entry of a merged saved config at its new place."""
+    from omegaconf import OmegaConf
 
-    saved = copy.deepcopy(saved)
     for old, new in MOVED_KEYS.items():
-        *parents, leaf = old.split(".")
-        node = saved
-        for key in parents:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict) and leaf in node:
-            value = node.pop(leaf)
-            *new_parents, new_leaf = new.split(".")
-            target = saved
-            for key in new_parents:
-                target = target.setdefault(key, {})
-            target[new_leaf] = value
-    return saved
+        parent_key, leaf = old.rsplit(".", 1)
+        parent = OmegaConf.select(cfg, parent_key)
+        if isinstance(parent, DictConfig) and leaf in parent:
+            OmegaConf.update(cfg, new, parent.pop(leaf), merge=False)
 
 
 def merge_overrides(saved: dict, composed: DictConfig, overrides: list[str]) -> DictConfig:
@@ -308,11 +299,12 @@ def merge_overrides(saved: dict, composed: DictConfig, overrides: list[str]) -> 
     from omegaconf import OmegaConf
 
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), with_moved_keys(saved))
+        merged = OmegaConf.merge(OmegaConf.structured(Config), saved)
     except OmegaConfBaseException as exc:
         raise UserError(f"the checkpoint's config does not fit this ebmrun version "
                         f"({' '.join(str(exc).split())[:160]}) (fix: use a checkpoint written "
                         f"by this version)") from None
+    move_old_keys(merged)
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
         if key.startswith("hydra") or override.is_delete():

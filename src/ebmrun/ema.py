@@ -27,15 +27,15 @@ class EMA:
 
     @torch.no_grad()
     def update(self) -> None:
-        averaged = []
+        shadows, values = [], []
         for key, value in self.model.state_dict().items():
             if value.dtype.is_floating_point:
-                averaged.append((self.shadow[key], value))
+                shadows.append(self.shadow[key])
+                values.append(value)
             else:  # counters (BatchNorm's num_batches_tracked): the latest
                 self.shadow[key].copy_(value)
-        if averaged:  # one foreach kernel instead of one lerp per tensor (same values)
-            shadows, values = zip(*averaged)
-            torch._foreach_lerp_(list(shadows), list(values), 1 - self.decay)
+        if shadows:  # one foreach kernel instead of one lerp per tensor (same values)
+            torch._foreach_lerp_(shadows, values, 1 - self.decay)
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
