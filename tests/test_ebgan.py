@@ -173,6 +173,25 @@ def test_latent_refinement_moves_towards_lower_latent_energy() -> None:
     assert refined.abs().max() > 1.0  # the data box [-1, 1] did not clamp the latents
 
 
+def test_family_default_refines_latents_with_plain_langevin() -> None:
+    """model=ebgan samples through latent refinement by default, and its sampler is the
+    latent one (exact noise sqrt(2 eps), no gradient clamp), not the deep EBM's pixel
+    Langevin, whose clamped steps of 10 would throw z far outside the prior."""
+    objective = build_components(compose_config(["model=ebgan", "device=cpu"]), MNIST).objective
+    sampler = objective.sampler
+    assert objective.latent_refine and isinstance(sampler, Langevin)
+    assert sampler.step_size == pytest.approx(1e-3) and sampler.grad_clip is None
+    assert sampler.noise_std == pytest.approx(math.sqrt(2e-3))
+    assert sampler.autocast is None  # float32: the same refinement on every CPU
+    plain = build_components(compose_config(["model=ebgan", "device=cpu",
+                                             "model.objective.latent_refine=false"]),
+                             MNIST).objective
+    generator = torch.Generator().manual_seed(0)
+    refined = objective.generate(4, steps=3, generator=generator)
+    assert refined.stats["energy"].shape == (3,)  # the latent chain ran its 3 steps
+    assert not plain.generate(4, generator=torch.Generator().manual_seed(0)).stats  # G(z) only
+
+
 def test_with_box_leaves_the_configured_sampler_alone() -> None:
     sampler = Langevin(box=[-1.0, 1.0])
     assert with_box(sampler, None).box is None and sampler.box == (-1.0, 1.0)

@@ -45,10 +45,10 @@ class DivergenceConfig:
 class TrainerConfig:
     """Training budget and the intervals of logging, pictures and checkpoints (in steps)."""
 
-    max_steps: Optional[int] = 2000
+    max_steps: Optional[int] = "${model.max_steps}"  # type: ignore[assignment]  # the family's
     max_epochs: Optional[int] = None
     max_minutes: Optional[float] = None  # wall-clock budget (not reproducible across machines)
-    batch_size: int = 128
+    batch_size: int = "${model.batch_size}"  # type: ignore[assignment]  # the family's
     log_every: int = 10
     image_every: int = 250
     ckpt_every: int = 250
@@ -157,13 +157,16 @@ class SweepConfig:
 @dataclass
 class ModelConfig:
     """A model family: its network (``net``), its training recipe (``objective``), the
-    family's defaults of ``trainer.grad_clip``, ``optim.schedule`` and ``optim.ema`` (a
-    command-line ``optim.*`` still wins), and per-parameter-group overrides of
+    family's defaults of ``trainer.max_steps``, ``trainer.batch_size``,
+    ``trainer.grad_clip``, ``optim.schedule`` and ``optim.ema`` (a command-line
+    ``trainer.*`` / ``optim.*`` still wins), and per-parameter-group overrides of
     ``optim.*`` / ``grad_clip`` (``optim: {<group>: {schedule: warmup_cosine, ...}}``)."""
 
     name: str = MISSING
     net: Any = MISSING
     objective: Any = MISSING
+    max_steps: Optional[int] = 2000   # the family's default budget (trainer.max_steps)
+    batch_size: int = 128             # and batch (trainer.batch_size)
     grad_clip: Optional[float] = 0.1  # families that clip nothing set null in their yaml
     schedule: str = "exponential"     # the family's default of optim.schedule
     ema: Optional[float] = None       # the family's default of optim.ema
