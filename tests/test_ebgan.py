@@ -181,6 +181,7 @@ def test_family_default_refines_latents_with_plain_langevin() -> None:
     sampler = objective.sampler
     assert objective.latent_refine and isinstance(sampler, Langevin)
     assert sampler.step_size == pytest.approx(1e-3) and sampler.grad_clip is None
+    assert sampler.steps == 30
     assert sampler.noise_std == pytest.approx(math.sqrt(2e-3))
     assert sampler.autocast is None  # float32: the same refinement on every CPU
     plain = build_components(compose_config(["model=ebgan", "device=cpu",

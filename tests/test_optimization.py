@@ -62,6 +62,20 @@ def test_trainer_grad_clip_acts_on_both_ebgan_groups() -> None:
     assert all(0.009 < norm <= 0.01 * (1 + 1e-4) for norm in clipped), clipped
 
 
+def test_the_family_sets_the_default_budget_and_the_command_line_wins() -> None:
+    """trainer.max_steps / batch_size default to the family's model.max_steps / batch_size
+    (EBGAN's tuned 5,000 steps of 64; 2,000 of 128 for families that set none), so a typed
+    `model=ebgan dataset=mnist` trains its recipe; trainer.* on the command line still wins."""
+    ebgan, deep = compose_config(["model=ebgan"]), compose_config(["model=deep_ebm"])
+    assert (ebgan.trainer.max_steps, ebgan.trainer.batch_size) == (5000, 64)
+    assert (deep.trainer.max_steps, deep.trainer.batch_size) == (2000, 128)
+    typed = compose_config(["model=ebgan", "trainer.max_steps=7", "trainer.batch_size=9"])
+    assert (typed.trainer.max_steps, typed.trainer.batch_size) == (7, 9)
+    assert compose_config(["model=ebgan", "model.max_steps=11"]).trainer.max_steps == 11
+    timed = compose_config(["model=ebgan", "trainer.max_steps=null", "trainer.max_minutes=1"])
+    assert timed.trainer.max_steps is None
+
+
 def test_per_group_settings_and_their_errors() -> None:
     cfg = compose_config(["model=ebgan", "+model.optim.g.schedule=constant"])
     assert group_settings(cfg, "g").schedule == "constant"
