@@ -69,6 +69,7 @@ class TinyEnergy(nn.Module):
 PRESETS: dict[str, type[Sampler]] = {
     "drl_langevin": Langevin,  # model=drl's per-level chain
     "jem_langevin": Langevin,  # model=jem's SGLD for p(x)
+    "latent_langevin": Langevin,  # model=ebgan's latent refinement
 }
 
 
