@@ -21,6 +21,7 @@ import torch
 from ebmrun.data.idx import load_idx_dataset
 from ebmrun.errors import UserError
 from ebmrun.metrics.evaluator import RECIPES, get_evaluator
+from ebmrun.evaluation import real_image_draws
 from ebmrun.metrics.sample_quality import real_floor, sample_quality
 
 
@@ -54,11 +55,10 @@ def evaluate(path: Path, dataset: str, root: str | None, n: int, cache_dir: str 
     data = load_idx_dataset(name=RECIPES[dataset].loader_name, root=root)
     test = data.to_float(data.test)
     # same number of real training images as samples, so the floor has the same N-bias
-    generator = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(data.train.shape[0], generator=generator)[: samples.shape[0]]
+    floor = real_floor(evaluator, real_image_draws(data, samples.shape[0], seed), test)
     result = {"samples": str(path), "dataset": dataset}
     result.update(sample_quality(evaluator, samples, test))
-    result["real_floor"] = real_floor(evaluator, data.to_float(data.train[idx]), test)
+    result["real_floor"], result["real_floor_sd"] = floor.median, floor.sd
     result["evaluator_test_accuracy"] = evaluator.test_accuracy
     result["evaluator"] = evaluator.version
     return result

@@ -32,6 +32,7 @@ import torch
 from ebmrun.data.idx import load_idx_dataset
 from ebmrun.ema import EMA, maybe_applied
 from ebmrun.metrics.evaluator import get_evaluator
+from ebmrun.evaluation import real_image_draws
 from ebmrun.metrics.sample_quality import real_floor, sample_quality
 
 REFERENCE = Path(__file__).resolve().parent / "reference" / "deep_ebm_straightforward.py"
@@ -169,8 +170,7 @@ def main() -> None:
     evaluator = get_evaluator("mnist", root)
     data = load_idx_dataset("mnist", root)
     test = data.to_float(data.test)
-    idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(args.seed))
-    floor = real_floor(evaluator, data.to_float(data.train[idx[: args.n]]), test)
+    floor = real_floor(evaluator, real_image_draws(data, args.n, args.seed), test).median
     target = args.multiple * floor
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
 

@@ -26,6 +26,7 @@ import torch
 from ebmrun.data.idx import load_idx_dataset
 from ebmrun.metrics.evaluator import SHIPPED_DIR, RECIPES, save_evaluator
 from ebmrun.metrics.evaluator_training import train_evaluator
+from ebmrun.evaluation import real_image_draws
 from ebmrun.metrics.sample_quality import real_floor
 
 
@@ -46,8 +47,8 @@ def main(argv: list[str] | None = None) -> None:
                        recipe=asdict(RECIPES[dataset]), torch=str(torch.__version__),
                        train_seconds=round(seconds, 1))
         data = load_idx_dataset(name=RECIPES[dataset].loader_name, root=args.root)
-        idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:1000]
-        floor = real_floor(model, data.to_float(data.train[idx]), data.to_float(data.test))
+        floor = real_floor(model, real_image_draws(data, 1000, seed=0),
+                           data.to_float(data.test)).median
         print(json.dumps({"dataset": dataset, "evaluator": model.version,
                           "test_accuracy": model.test_accuracy, "train_seconds": round(seconds),
                           "frechet_real_floor_1000": floor,

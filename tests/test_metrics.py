@@ -104,7 +104,12 @@ def test_sample_quality_keys_and_ranges() -> None:
     assert 0.0 <= q["class_kl_uniform"] <= MAX_CLASS_KL + 1e-9
     assert 0.1 - 1e-6 <= q["mean_confidence"] <= 1.0
     assert q["n_samples"] == 64
-    assert real_floor(ev, reference[:40], reference[40:]) >= 0.0
+    one = real_floor(ev, [reference[:20]], reference[40:])
+    assert one.median >= 0.0 and one.sd == 0.0 and one.draws == 1
+    singles = [real_floor(ev, [reference[i:i + 10]], reference[40:]).median for i in (0, 10, 20)]
+    three = real_floor(ev, [reference[i:i + 10] for i in (0, 10, 20)], reference[40:])
+    assert three.draws == 3 and three.median == pytest.approx(sorted(singles)[1])
+    assert three.sd == pytest.approx(torch.tensor(singles, dtype=torch.float64).std().item())
     with pytest.raises(UserError):
         sample_quality(ev, samples[:, :, :14], reference)
 

@@ -33,7 +33,7 @@ from ebmrun.metrics.evaluator import RECIPES, Evaluator, get_evaluator
 from ebmrun.metrics.inception import inception_fid
 from ebmrun.metrics.normaliser import grid_report
 from ebmrun.metrics.ood import auroc, flipped, uniform_noise_like
-from ebmrun.metrics.sample_quality import real_floor, sample_quality
+from ebmrun.metrics.sample_quality import FLOOR_DRAWS, real_floor, sample_quality
 from ebmrun.objectives.base import EvalReport, Objective
 from ebmrun.objectives.replay_buffer import ReplayBufferCD
 from ebmrun.outputs import png_bytes
@@ -73,11 +73,16 @@ def generated_images(objective: Objective, n: int, *, steps: int | None, batch_s
     return to_unit_range(torch.cat(chunks), value_range)
 
 
-def real_images(data: InMemoryData, n: int, seed: int) -> Tensor:
-    """``n`` training images ``(n, C, H, W)`` in [-1, 1], a fixed random draw per ``seed``
-    (the real-vs-real floor of ``n`` samples' Fréchet distance)."""
+def real_image_draws(data: InMemoryData, n: int, seed: int,
+                     draws: int = FLOOR_DRAWS) -> list[Tensor]:
+    """Up to ``draws`` disjoint sets of ``n`` training images ``(n, C, H, W)`` in [-1, 1], a
+    fixed random permutation per ``seed`` cut in consecutive blocks (the first block is the
+    single draw older versions used); fewer where the split holds fewer than ``draws * n``.
+    For the real-vs-real floor of ``n`` samples' Fréchet distance (see ``real_floor``)."""
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))
-    return to_unit_range(data.to_float(data.train[order[:n]]), data.value_range)
+    count = max(1, min(draws, len(data.train) // n))
+    return [to_unit_range(data.to_float(data.train[order[i * n:(i + 1) * n]]), data.value_range)
+            for i in range(count)]
 
 
 def evaluate_model(cfg: DictConfig, objective: Objective, data: InMemoryData,
@@ -201,12 +206,15 @@ def _scored(cfg: DictConfig, evaluator: Evaluator, samples: Tensor, reference: T
             data: InMemoryData) -> dict[str, float]:
     """Sample-quality metrics of ``samples`` ``(N, C, H, W)`` in [-1, 1] against
     ``reference``, with ``frechet_real_floor`` (the same distance for N real training
-    images, a fixed draw per seed) and ``frechet_over_floor`` (FD / floor: 1 = as close as
+    images, the median of up to ``FLOOR_DRAWS`` disjoint draws per seed),
+    ``frechet_real_floor_sd`` (how much one draw's FD spreads: differences of FD smaller than
+    this are the draw, not the model) and ``frechet_over_floor`` (FD / floor: 1 = as close as
     real data of that count)."""
     metrics = sample_quality(evaluator, samples, reference)
-    real = real_images(data, len(samples), cfg.seed)
-    metrics["frechet_real_floor"] = real_floor(evaluator, real, reference)
-    metrics["frechet_over_floor"] = metrics["frechet"] / metrics["frechet_real_floor"]
+    floor = real_floor(evaluator, real_image_draws(data, len(samples), cfg.seed), reference)
+    metrics["frechet_real_floor"] = floor.median
+    metrics["frechet_real_floor_sd"] = floor.sd
+    metrics["frechet_over_floor"] = metrics["frechet"] / floor.median
     return {k: float(v) for k, v in metrics.items()}
 
 
