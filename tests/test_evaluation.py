@@ -146,6 +146,27 @@ def test_buffer_is_scored_only_where_chains_persist() -> None:
             assert metrics["buffer/n_samples"] == 16 and metrics["buffer/frechet_over_floor"] > 1
 
 
+def test_sample_draws_report_the_median_fd_and_its_spread() -> None:
+    """eval.sample_draws=3 scores three sets of n_samples: FD is their median (beside the
+    spread of one draw), the floor is that of n_samples real images as with one draw."""
+    small = ["device=cpu", "eval.n_samples=16", "eval.max_test=64", "eval.sample_steps=1",
+             "eval.ood=[]", "model.objective.sample_steps=1"]
+    found = {}
+    for draws in (1, 3):
+        cfg = compose_config(["experiment=deep_ebm_shortrun_mnist", *small,
+                              f"eval.sample_draws={draws}"])
+        data = load_data(cfg)
+        parts = build_components(cfg, data_info_of(data))
+        found[draws] = evaluate_model(cfg, parts.objective, data, parts.device).metrics
+    one, three = found[1], found[3]
+    assert "samples/frechet_sd" not in one and three["samples/frechet_sd"] > 0
+    assert three["samples/n_samples"] == one["samples/n_samples"] == 16
+    assert three["samples/sample_draws"] == 3
+    assert three["samples/frechet_real_floor"] == one["samples/frechet_real_floor"]
+    assert three["samples/frechet_over_floor"] == pytest.approx(
+        three["samples/frechet"] / three["samples/frechet_real_floor"])
+
+
 def test_eval_needs_a_checkpoint_for_trained_families(tmp_path: Path) -> None:
     proc = run_cli(["task=eval", "device=cpu"], cwd=tmp_path)
     assert proc.returncode == 2 and "task=eval needs a checkpoint" in proc.stderr

@@ -118,6 +118,7 @@ class EvalConfig:
 
     every: Optional[int] = None
     n_samples: int = 1000          # generated samples for the sample-quality metrics
+    sample_draws: int = 1          # >1: FD is the median over that many sets of n_samples
     sample_steps: Optional[int] = None  # sampler steps for them (null = model default)
     batch_size: int = 500
     max_test: Optional[int] = None  # evaluate on the first N test items (null = all)
@@ -241,6 +242,7 @@ VALUE_CHECKS: list[tuple[str, Any, str]] = [
     ("device.threads", lambda v: v is None or v > 0, "null or a positive integer"),
     ("eval.every", lambda v: v is None or v > 0, "null or a positive integer"),
     ("eval.n_samples", lambda v: v >= 2, "an integer >= 2"),
+    ("eval.sample_draws", _positive, "a positive integer"),
     ("eval.sample_steps", lambda v: v is None or v >= 0, "null or an integer >= 0"),
     ("eval.batch_size", _positive, "a positive integer"),
     ("eval.max_test", lambda v: v is None or v >= 2, "null or an integer >= 2"),

@@ -33,7 +33,7 @@ from ebmrun.metrics.evaluator import RECIPES, Evaluator, get_evaluator
 from ebmrun.metrics.inception import inception_fid
 from ebmrun.metrics.normaliser import grid_report
 from ebmrun.metrics.ood import auroc, flipped, uniform_noise_like
-from ebmrun.metrics.sample_quality import FLOOR_DRAWS, real_floor, sample_quality
+from ebmrun.metrics.sample_quality import FLOOR_DRAWS, frechet_over_draws, sample_quality
 from ebmrun.objectives.base import EvalReport, Objective
 from ebmrun.objectives.replay_buffer import ReplayBufferCD
 from ebmrun.outputs import png_bytes
@@ -181,11 +181,12 @@ def _sample_quality(cfg: DictConfig, objective: Objective, data: InMemoryData, t
     """``samples/*``: fresh samples from noise; ``buffer/*``: the replay buffer, where the
     family keeps one. Each with the real-vs-real floor of the same count and the ratio."""
     evaluator = get_evaluator(data.name, cfg.dataset.get("root"))
-    samples = generated_images(objective, settings.n_samples, steps=settings.sample_steps,
+    n, draws = settings.n_samples, settings.sample_draws
+    samples = generated_images(objective, n * draws, steps=settings.sample_steps,
                                batch_size=settings.batch_size, generator=generator,
                                value_range=data.value_range)
     reference = to_unit_range(test.cpu(), data.value_range)
-    metrics = _scored(cfg, evaluator, samples, reference, data)
+    metrics = _scored(cfg, evaluator, samples, reference, data, draws)
     metrics["evaluator_test_accuracy"] = float(evaluator.test_accuracy or 0.0)
     if settings.inception_fid:
         metrics["inception_fid"] = inception_fid(samples, reference)
@@ -203,15 +204,21 @@ def _sample_quality(cfg: DictConfig, objective: Objective, data: InMemoryData, t
 
 
 def _scored(cfg: DictConfig, evaluator: Evaluator, samples: Tensor, reference: Tensor,
-            data: InMemoryData) -> dict[str, float]:
-    """Sample-quality metrics of ``samples`` ``(N, C, H, W)`` in [-1, 1] against
-    ``reference``, with ``frechet_real_floor`` (the same distance for N real training
-    images, the median of up to ``FLOOR_DRAWS`` disjoint draws per seed),
-    ``frechet_real_floor_sd`` (how much one draw's FD spreads: differences of FD smaller than
-    this are the draw, not the model) and ``frechet_over_floor`` (FD / floor: 1 = as close as
-    real data of that count)."""
+            data: InMemoryData, draws: int = 1) -> dict[str, float]:
+    """Sample-quality metrics of ``samples`` ``(draws * N, C, H, W)`` in [-1, 1] against
+    ``reference``: ``frechet`` (with ``draws`` > 1 the median over the draws of N, and
+    ``frechet_sd``, the spread of one draw), the class statistics of all samples,
+    ``frechet_real_floor`` (the same distance for N real training images, the median of up to
+    ``FLOOR_DRAWS`` disjoint draws per seed), ``frechet_real_floor_sd`` (how much one real
+    draw's FD spreads: differences of FD smaller than this are the draw, not the model) and
+    ``frechet_over_floor`` (FD / floor: 1 = as close as real data of that count)."""
     metrics = sample_quality(evaluator, samples, reference)
-    floor = real_floor(evaluator, real_image_draws(data, len(samples), cfg.seed), reference)
+    n = len(samples) // draws
+    if draws > 1:
+        drawn = frechet_over_draws(evaluator, samples.split(n), reference)
+        metrics.update(frechet=drawn.median, frechet_sd=drawn.sd, n_samples=n,
+                       sample_draws=draws)
+    floor = frechet_over_draws(evaluator, real_image_draws(data, n, cfg.seed), reference)
     metrics["frechet_real_floor"] = floor.median
     metrics["frechet_real_floor_sd"] = floor.sd
     metrics["frechet_over_floor"] = metrics["frechet"] / floor.median

@@ -32,7 +32,7 @@ from ebmrun.ema import maybe_applied
 from ebmrun.evaluation import generated_images, real_image_draws, to_unit_range
 from ebmrun.metrics.evaluator import RECIPES, Evaluator, load_evaluator, shipped_path
 from ebmrun.metrics.frechet import feature_stats, frechet_from_stats
-from ebmrun.metrics.sample_quality import real_floor
+from ebmrun.metrics.sample_quality import frechet_over_draws
 from ebmrun.objectives.common import eval_mode
 
 REFERENCE_TEST = 2000  # test images the samples are compared with (10,000 would take ~9 s)
@@ -72,7 +72,7 @@ class QualityProbe(Callback):
         test = to_unit_range(data.to_float(data.test[:REFERENCE_TEST]), data.value_range)
         self.reference = feature_stats(self.evaluator.features(test))
         draws = real_image_draws(data, self.n_samples, seeds.QUALITY.seed(run.cfg.seed))
-        self.floor = real_floor(self.evaluator, draws, test).median
+        self.floor = frechet_over_draws(self.evaluator, draws, test).median
 
     @torch.no_grad()
     def measure(self, run: RunState) -> dict[str, float]:

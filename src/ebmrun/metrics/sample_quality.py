@@ -2,8 +2,8 @@
 
 ``frechet`` says how far the sample distribution is from the real one in the evaluator's
 feature space; it has a positive floor even for real images (finite-sample bias), so always
-print it next to :func:`real_floor` computed with the same number of images (the median of
-several draws: one draw is a noisy estimate). The class
+print it next to the real-vs-real floor of the same number of images (the median of several
+draws, :func:`frechet_over_draws`: one draw is a noisy estimate). The class
 statistics catch mode collapse (few classes present, high KL to uniform) and blurry or
 off-manifold samples (low classifier confidence).
 """
@@ -27,15 +27,15 @@ from ebmrun.metrics.frechet import feature_stats, frechet_distance, frechet_from
 PRESENT_FRACTION = 0.02
 # KL of a one-class histogram: the worst class_kl_uniform, for reading the numbers.
 MAX_CLASS_KL = math.log(Evaluator.num_classes)
-# Real-vs-real draws whose median is the floor (see real_floor): ~0.8 s of features per
+# Real-vs-real draws whose median is the floor (see frechet_over_draws): ~0.8 s of features per
 # 1,000 images on one CPU thread, so 10 draws add ~8 s to an evaluation of 1,000 samples.
 FLOOR_DRAWS = 10
 
 
 @dataclass(frozen=True)
-class RealFloor:
-    """The real-vs-real FD of N images: the ``median`` over ``draws`` disjoint draws, and
-    ``sd``, the standard deviation of a single draw's FD."""
+class FrechetDraws:
+    """The FD of ``draws`` image sets of one size: their ``median`` and ``sd``, the standard
+    deviation of one draw's FD (0 for one draw)."""
 
     median: float
     sd: float
@@ -96,24 +96,25 @@ def sample_quality(evaluator: Evaluator, samples: Tensor, reference: Tensor) -> 
     return out
 
 
-def real_floor(evaluator: Evaluator, draws: Sequence[Tensor], test: Tensor) -> RealFloor:
-    """Fréchet distance of real training images to the test split ``(M, 1, 28, 28)``: the best
-    a sampler can score with as many samples, to print beside its FD.
+def frechet_over_draws(evaluator: Evaluator, draws: Sequence[Tensor],
+                       reference: Tensor) -> FrechetDraws:
+    """Fréchet distance of each image set in ``draws`` (each ``(N, 1, 28, 28)`` in [-1, 1])
+    to ``reference`` ``(M, 1, 28, 28)``: the median and the spread of one draw.
 
-    ``draws``: one or more sets of real training images ``(N, 1, 28, 28)`` (disjoint random
-    draws of the same N, see :func:`ebmrun.evaluation.real_image_draws`). One draw is a noisy
-    estimate: on MNIST's shipped evaluator, 1,000-image draws of 20 seeds ranged 0.16-0.79
-    (median 0.28, sd 0.14), heavy-tailed, so a ratio FD / floor moved by up to 3x with the
-    seed of the floor alone. The floor is the median of the draws (the mean of 10 still
-    ranged 0.24-0.42 over 5 seeds, the median 0.23-0.38); ``sd`` (0 for one draw) is the
-    spread of one draw, about how much a sample set's FD moves with its draw alone."""
-    _check_images("test", test)
+    Used for the real-vs-real floor (draws of training images, see
+    :func:`ebmrun.evaluation.real_image_draws`) and, with ``eval.sample_draws`` > 1, for the
+    samples themselves. One draw is a noisy estimate on this evaluator: 1,000 real MNIST
+    images of 20 seeds ranged 0.16-0.79 (median 0.28, sd 0.14), heavy-tailed, so a ratio FD /
+    floor moved by up to 3x with the seed of the floor alone (the mean of 10 still ranged
+    0.24-0.42 over 5 seeds, the median 0.23-0.38); two draws of 1,000 samples of one EBGAN
+    checkpoint scored 0.49 and 0.85."""
+    _check_images("reference", reference)
     if not draws:
-        raise UserError("real_floor needs at least one draw of real training images")
-    reference = feature_stats(evaluator.features(test))
+        raise UserError("frechet_over_draws needs at least one set of images")
+    stats = feature_stats(evaluator.features(reference))
     values = []
     for images in draws:
-        _check_images("train draw", images)
-        values.append(frechet_from_stats(*feature_stats(evaluator.features(images)), *reference))
+        _check_images("draw", images)
+        values.append(frechet_from_stats(*feature_stats(evaluator.features(images)), *stats))
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return RealFloor(median=statistics.median(values), sd=spread, draws=len(values))
+    return FrechetDraws(median=statistics.median(values), sd=spread, draws=len(values))
