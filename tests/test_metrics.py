@@ -13,7 +13,8 @@ from ebmrun.metrics.evaluator import (Evaluator, evaluator_path, get_evaluator, 
                                       save_evaluator)
 from ebmrun.metrics.evaluator_training import random_shift
 from ebmrun.metrics.frechet import feature_stats, frechet_distance
-from ebmrun.metrics.sample_quality import MAX_CLASS_KL, class_stats, frechet_over_draws, sample_quality
+from ebmrun.metrics.sample_quality import (MAX_CLASS_KL, class_stats, frechet_over_draws,
+                                          sample_quality)
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -106,8 +107,9 @@ def test_sample_quality_keys_and_ranges() -> None:
     assert q["n_samples"] == 64
     one = frechet_over_draws(ev, [reference[:20]], reference[40:])
     assert one.median >= 0.0 and one.sd == 0.0 and one.draws == 1
-    singles = [frechet_over_draws(ev, [reference[i:i + 10]], reference[40:]).median for i in (0, 10, 20)]
-    three = frechet_over_draws(ev, [reference[i:i + 10] for i in (0, 10, 20)], reference[40:])
+    sets = [reference[i:i + 10] for i in (0, 10, 20)]
+    singles = [frechet_over_draws(ev, [one_set], reference[40:]).median for one_set in sets]
+    three = frechet_over_draws(ev, sets, reference[40:])
     assert three.draws == 3 and three.median == pytest.approx(sorted(singles)[1])
     assert three.sd == pytest.approx(torch.tensor(singles, dtype=torch.float64).std().item())
     with pytest.raises(UserError):

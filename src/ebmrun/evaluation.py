@@ -78,7 +78,7 @@ def real_image_draws(data: InMemoryData, n: int, seed: int,
     """Up to ``draws`` disjoint sets of ``n`` training images ``(n, C, H, W)`` in [-1, 1], a
     fixed random permutation per ``seed`` cut in consecutive blocks (the first block is the
     single draw older versions used); fewer where the split holds fewer than ``draws * n``.
-    For the real-vs-real floor of ``n`` samples' Fréchet distance (see ``real_floor``)."""
+    For the real-vs-real floor of ``n`` samples' Fréchet distance (``frechet_over_draws``)."""
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))
     count = max(1, min(draws, len(data.train) // n))
     return [to_unit_range(data.to_float(data.train[order[i * n:(i + 1) * n]]), data.value_range)

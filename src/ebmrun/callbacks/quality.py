@@ -9,9 +9,9 @@ generate new samples, rank 0 logs
   ``trainer.quality_steps`` sampler steps or the family's default) and the first
   :data:`REFERENCE_TEST` test images;
 - ``quality/frechet_real_floor``: the same distance for as many real training images (the
-  median of several disjoint draws), the value a perfect sampler would get with this few samples (the FD of a small sample is
-  biased upwards: compare the curve with its floor and its earlier points, not with an
-  ``eval/samples/frechet`` of more samples).
+  median of several disjoint draws), the value a perfect sampler would get with this few
+  samples (the FD of a small sample is biased upwards: compare the curve with its floor and
+  its earlier points, not with an ``eval/samples/frechet`` of more samples).
 
 The reference statistics and the floor are computed once per process (about 4 s on one
 CPU thread). Each probe draws from the same seed (:data:`ebmrun.seeds.QUALITY`), so the
