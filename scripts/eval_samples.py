@@ -4,7 +4,8 @@
 
 PATH/samples.pt holds one float tensor (N, 1, 28, 28) in [-1, 1]. The first ``--n`` samples
 are compared with the whole test split; ``real_floor`` is the same metric for ``--n`` random
-real training images, i.e. the best score reachable with that many samples. The evaluator is
+real training images (the median of 10 fixed draws, ``real_floor_sd`` the spread of one), i.e.
+the best score reachable with that many samples. The evaluator is
 the one shipped with ebmrun (no training); ``evaluator`` in the output names it
 (``<dataset>-<weights hash>``): compare only numbers with the same name.
 """
@@ -45,8 +46,7 @@ def load_samples(path: Path, n: int) -> torch.Tensor:
     return samples
 
 
-def evaluate(path: Path, dataset: str, root: str | None, n: int, cache_dir: str | None,
-             seed: int) -> dict:
+def evaluate(path: Path, dataset: str, root: str | None, n: int, cache_dir: str | None) -> dict:
     """All metrics for the samples at ``path`` as a JSON-ready dict."""
     if n < 2:
         raise UserError(f"--n must be at least 2, got {n}")
@@ -55,7 +55,7 @@ def evaluate(path: Path, dataset: str, root: str | None, n: int, cache_dir: str 
     data = load_idx_dataset(name=RECIPES[dataset].loader_name, root=root)
     test = data.to_float(data.test)
     # same number of real training images as samples, so the floor has the same N-bias
-    floor = frechet_over_draws(evaluator, real_image_draws(data, samples.shape[0], seed), test)
+    floor = frechet_over_draws(evaluator, real_image_draws(data, samples.shape[0]), test)
     result = {"samples": str(path), "dataset": dataset}
     result.update(sample_quality(evaluator, samples, test))
     result["real_floor"], result["real_floor_sd"] = floor.median, floor.sd
@@ -73,11 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=1000, help="number of samples to score")
     parser.add_argument("--cache-dir", default=None,
                         help="evaluator cache (default: $EBMRUN_CACHE_DIR or ~/.cache/ebmrun)")
-    parser.add_argument("--seed", type=int, default=0, help="choice of real_floor images")
     args = parser.parse_args(argv)
     try:
-        result = evaluate(args.samples, args.dataset, args.root, args.n, args.cache_dir,
-                          args.seed)
+        result = evaluate(args.samples, args.dataset, args.root, args.n, args.cache_dir)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

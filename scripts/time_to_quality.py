@@ -170,7 +170,7 @@ def main() -> None:
     evaluator = get_evaluator("mnist", root)
     data = load_idx_dataset("mnist", root)
     test = data.to_float(data.test)
-    floor = frechet_over_draws(evaluator, real_image_draws(data, args.n, args.seed), test).median
+    floor = frechet_over_draws(evaluator, real_image_draws(data, args.n), test).median
     target = args.multiple * floor
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
 

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
                        recipe=asdict(RECIPES[dataset]), torch=str(torch.__version__),
                        train_seconds=round(seconds, 1))
         data = load_idx_dataset(name=RECIPES[dataset].loader_name, root=args.root)
-        floor = frechet_over_draws(model, real_image_draws(data, 1000, seed=0),
+        floor = frechet_over_draws(model, real_image_draws(data, 1000),
                            data.to_float(data.test)).median
         print(json.dumps({"dataset": dataset, "evaluator": model.version,
                           "test_accuracy": model.test_accuracy, "train_seconds": round(seconds),

@@ -148,23 +148,26 @@ def test_buffer_is_scored_only_where_chains_persist() -> None:
 
 def test_sample_draws_report_the_median_fd_and_its_spread() -> None:
     """eval.sample_draws=3 scores three sets of n_samples: FD is their median (beside the
-    spread of one draw), the floor is that of n_samples real images as with one draw."""
+    spread of one draw), the floor is that of n_samples real images as with one draw. The
+    floor is the same whatever the run's seed (a constant of the data and the count)."""
     small = ["device=cpu", "eval.n_samples=16", "eval.max_test=64", "eval.sample_steps=1",
              "eval.ood=[]", "model.objective.sample_steps=1"]
     found = {}
-    for draws in (1, 3):
+    for draws, seed in ((1, 0), (3, 0), (1, 1)):
         cfg = compose_config(["experiment=deep_ebm_shortrun_mnist", *small,
-                              f"eval.sample_draws={draws}"])
+                              f"eval.sample_draws={draws}", f"seed={seed}"])
         data = load_data(cfg)
         parts = build_components(cfg, data_info_of(data))
-        found[draws] = evaluate_model(cfg, parts.objective, data, parts.device).metrics
-    one, three = found[1], found[3]
+        found[draws, seed] = evaluate_model(cfg, parts.objective, data, parts.device).metrics
+    one, three, other_seed = found[1, 0], found[3, 0], found[1, 1]
     assert "samples/frechet_sd" not in one and three["samples/frechet_sd"] > 0
     assert three["samples/n_samples"] == one["samples/n_samples"] == 16
     assert three["samples/sample_draws"] == 3
     assert three["samples/frechet_real_floor"] == one["samples/frechet_real_floor"]
     assert three["samples/frechet_over_floor"] == pytest.approx(
         three["samples/frechet"] / three["samples/frechet_real_floor"])
+    assert other_seed["samples/frechet"] != one["samples/frechet"]  # another model and draw
+    assert other_seed["samples/frechet_real_floor"] == one["samples/frechet_real_floor"]
 
 
 def test_eval_needs_a_checkpoint_for_trained_families(tmp_path: Path) -> None:

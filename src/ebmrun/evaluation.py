@@ -33,7 +33,8 @@ from ebmrun.metrics.evaluator import RECIPES, Evaluator, get_evaluator
 from ebmrun.metrics.inception import inception_fid
 from ebmrun.metrics.normaliser import grid_report
 from ebmrun.metrics.ood import auroc, flipped, uniform_noise_like
-from ebmrun.metrics.sample_quality import FLOOR_DRAWS, frechet_over_draws, sample_quality
+from ebmrun.metrics.sample_quality import (FLOOR_DRAWS, FLOOR_SEED, frechet_over_draws,
+                                          sample_quality)
 from ebmrun.objectives.base import EvalReport, Objective
 from ebmrun.objectives.replay_buffer import ReplayBufferCD
 from ebmrun.outputs import png_bytes
@@ -73,13 +74,12 @@ def generated_images(objective: Objective, n: int, *, steps: int | None, batch_s
     return to_unit_range(torch.cat(chunks), value_range)
 
 
-def real_image_draws(data: InMemoryData, n: int, seed: int,
-                     draws: int = FLOOR_DRAWS) -> list[Tensor]:
-    """Up to ``draws`` disjoint sets of ``n`` training images ``(n, C, H, W)`` in [-1, 1], a
-    fixed random permutation per ``seed`` cut in consecutive blocks (the first block is the
-    single draw older versions used); fewer where the split holds fewer than ``draws * n``.
+def real_image_draws(data: InMemoryData, n: int, draws: int = FLOOR_DRAWS) -> list[Tensor]:
+    """Up to ``draws`` disjoint sets of ``n`` training images ``(n, C, H, W)`` in [-1, 1], one
+    fixed random permutation (``FLOOR_SEED``, not the run's seed) cut in consecutive blocks;
+    fewer where the split holds fewer than ``draws * n``.
     For the real-vs-real floor of ``n`` samples' Fréchet distance (``frechet_over_draws``)."""
-    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(FLOOR_SEED))
     count = max(1, min(draws, len(data.train) // n))
     return [to_unit_range(data.to_float(data.train[order[i * n:(i + 1) * n]]), data.value_range)
             for i in range(count)]
@@ -209,8 +209,9 @@ def _scored(cfg: DictConfig, evaluator: Evaluator, samples: Tensor, reference: T
     ``reference``: ``frechet`` (with ``draws`` > 1 the median over the draws of N, and
     ``frechet_sd``, the spread of one draw), the class statistics of all samples,
     ``frechet_real_floor`` (the same distance for N real training images, the median of up to
-    ``FLOOR_DRAWS`` disjoint draws per seed), ``frechet_real_floor_sd`` (how much one real
-    draw's FD spreads: differences of FD smaller than this are the draw, not the model) and
+    ``FLOOR_DRAWS`` disjoint draws, the same for every run), ``frechet_real_floor_sd`` (how
+    much one real draw's FD spreads: differences of FD smaller than this are the draw, not
+    the model) and
     ``frechet_over_floor`` (FD / floor: 1 = as close as real data of that count)."""
     metrics = sample_quality(evaluator, samples, reference)
     n = len(samples) // draws
@@ -218,7 +219,7 @@ def _scored(cfg: DictConfig, evaluator: Evaluator, samples: Tensor, reference: T
         drawn = frechet_over_draws(evaluator, samples.split(n), reference)
         metrics.update(frechet=drawn.median, frechet_sd=drawn.sd, n_samples=n,
                        sample_draws=draws)
-    floor = frechet_over_draws(evaluator, real_image_draws(data, n, cfg.seed), reference)
+    floor = frechet_over_draws(evaluator, real_image_draws(data, n), reference)
     metrics["frechet_real_floor"] = floor.median
     metrics["frechet_real_floor_sd"] = floor.sd
     metrics["frechet_over_floor"] = metrics["frechet"] / floor.median

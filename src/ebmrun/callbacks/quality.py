@@ -71,7 +71,7 @@ class QualityProbe(Callback):
         self.evaluator = load_evaluator(shipped_path(data.name), data.name)
         test = to_unit_range(data.to_float(data.test[:REFERENCE_TEST]), data.value_range)
         self.reference = feature_stats(self.evaluator.features(test))
-        draws = real_image_draws(data, self.n_samples, seeds.QUALITY.seed(run.cfg.seed))
+        draws = real_image_draws(data, self.n_samples)
         self.floor = frechet_over_draws(self.evaluator, draws, test).median
 
     @torch.no_grad()
