@@ -23,7 +23,8 @@ from ebmrun.data.idx import load_idx_dataset
 from ebmrun.errors import UserError
 from ebmrun.metrics.evaluator import RECIPES, get_evaluator
 from ebmrun.evaluation import real_image_draws
-from ebmrun.metrics.sample_quality import frechet_over_draws, sample_quality
+from ebmrun.metrics.sample_quality import (frechet_over_draws, reference_stats,
+                                          sample_quality)
 
 
 def load_samples(path: Path, n: int) -> torch.Tensor:
@@ -55,7 +56,8 @@ def evaluate(path: Path, dataset: str, root: str | None, n: int, cache_dir: str 
     data = load_idx_dataset(name=RECIPES[dataset].loader_name, root=root)
     test = data.to_float(data.test)
     # same number of real training images as samples, so the floor has the same N-bias
-    floor = frechet_over_draws(evaluator, real_image_draws(data, samples.shape[0]), test)
+    floor = frechet_over_draws(evaluator, real_image_draws(data, samples.shape[0]),
+                               reference_stats(evaluator, test))
     result = {"samples": str(path), "dataset": dataset}
     result.update(sample_quality(evaluator, samples, test))
     result["real_floor"], result["real_floor_sd"] = floor.median, floor.sd

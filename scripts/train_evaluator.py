@@ -27,7 +27,7 @@ from ebmrun.data.idx import load_idx_dataset
 from ebmrun.metrics.evaluator import SHIPPED_DIR, RECIPES, save_evaluator
 from ebmrun.metrics.evaluator_training import train_evaluator
 from ebmrun.evaluation import real_image_draws
-from ebmrun.metrics.sample_quality import frechet_over_draws
+from ebmrun.metrics.sample_quality import frechet_over_draws, reference_stats
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
                        train_seconds=round(seconds, 1))
         data = load_idx_dataset(name=RECIPES[dataset].loader_name, root=args.root)
         floor = frechet_over_draws(model, real_image_draws(data, 1000),
-                           data.to_float(data.test)).median
+                                   reference_stats(model, data.to_float(data.test))).median
         print(json.dumps({"dataset": dataset, "evaluator": model.version,
                           "test_accuracy": model.test_accuracy, "train_seconds": round(seconds),
                           "frechet_real_floor_1000": floor,

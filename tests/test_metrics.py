@@ -14,7 +14,7 @@ from ebmrun.metrics.evaluator import (Evaluator, evaluator_path, get_evaluator, 
 from ebmrun.metrics.evaluator_training import random_shift
 from ebmrun.metrics.frechet import feature_stats, frechet_distance
 from ebmrun.metrics.sample_quality import (MAX_CLASS_KL, class_stats, frechet_over_draws,
-                                          sample_quality)
+                                          reference_stats, sample_quality)
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -105,11 +105,12 @@ def test_sample_quality_keys_and_ranges() -> None:
     assert 0.0 <= q["class_kl_uniform"] <= MAX_CLASS_KL + 1e-9
     assert 0.1 - 1e-6 <= q["mean_confidence"] <= 1.0
     assert q["n_samples"] == 64
-    one = frechet_over_draws(ev, [reference[:20]], reference[40:])
+    stats = reference_stats(ev, reference[40:])
+    one = frechet_over_draws(ev, [reference[:20]], stats)
     assert one.median >= 0.0 and one.sd == 0.0 and one.draws == 1
     sets = [reference[i:i + 10] for i in (0, 10, 20)]
-    singles = [frechet_over_draws(ev, [one_set], reference[40:]).median for one_set in sets]
-    three = frechet_over_draws(ev, sets, reference[40:])
+    singles = [frechet_over_draws(ev, [one_set], stats).median for one_set in sets]
+    three = frechet_over_draws(ev, sets, stats)
     assert three.draws == 3 and three.median == pytest.approx(sorted(singles)[1])
     assert three.sd == pytest.approx(torch.tensor(singles, dtype=torch.float64).std().item())
     with pytest.raises(UserError):

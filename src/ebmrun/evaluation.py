@@ -34,7 +34,7 @@ from ebmrun.metrics.inception import inception_fid
 from ebmrun.metrics.normaliser import grid_report
 from ebmrun.metrics.ood import auroc, flipped, uniform_noise_like
 from ebmrun.metrics.sample_quality import (FLOOR_DRAWS, FLOOR_SEED, frechet_over_draws,
-                                          sample_quality)
+                                          reference_stats, sample_quality)
 from ebmrun.objectives.base import EvalReport, Objective
 from ebmrun.objectives.replay_buffer import ReplayBufferCD
 from ebmrun.outputs import png_bytes
@@ -186,7 +186,8 @@ def _sample_quality(cfg: DictConfig, objective: Objective, data: InMemoryData, t
                                batch_size=settings.batch_size, generator=generator,
                                value_range=data.value_range)
     reference = to_unit_range(test.cpu(), data.value_range)
-    metrics = _scored(cfg, evaluator, samples, reference, data, draws)
+    stats = reference_stats(evaluator, reference)  # once for the floor, draws and buffer
+    metrics = _scored(evaluator, samples, reference, stats, data, draws)
     metrics["evaluator_test_accuracy"] = float(evaluator.test_accuracy or 0.0)
     if settings.inception_fid:
         metrics["inception_fid"] = inception_fid(samples, reference)
@@ -197,29 +198,30 @@ def _sample_quality(cfg: DictConfig, objective: Objective, data: InMemoryData, t
     report.metrics["samples/evaluator"] = evaluator.version
     buffer = objective.replay_samples(settings.n_samples, generator)
     if buffer is not None:
-        scored = _scored(cfg, evaluator, to_unit_range(buffer.detach().cpu(), data.value_range),
-                         reference, data)
+        scored = _scored(evaluator, to_unit_range(buffer.detach().cpu(), data.value_range),
+                         reference, stats, data)
         report.metrics.update({f"buffer/{k}": v for k, v in scored.items()})
     return report
 
 
-def _scored(cfg: DictConfig, evaluator: Evaluator, samples: Tensor, reference: Tensor,
-            data: InMemoryData, draws: int = 1) -> dict[str, float]:
+def _scored(evaluator: Evaluator, samples: Tensor, reference: Tensor,
+            stats: tuple[Tensor, Tensor], data: InMemoryData,
+            draws: int = 1) -> dict[str, float]:
     """Sample-quality metrics of ``samples`` ``(draws * N, C, H, W)`` in [-1, 1] against
-    ``reference``: ``frechet`` (with ``draws`` > 1 the median over the draws of N, and
-    ``frechet_sd``, the spread of one draw), the class statistics of all samples,
-    ``frechet_real_floor`` (the same distance for N real training images, the median of up to
-    ``FLOOR_DRAWS`` disjoint draws, the same for every run), ``frechet_real_floor_sd`` (how
-    much one real draw's FD spreads: differences of FD smaller than this are the draw, not
-    the model) and
-    ``frechet_over_floor`` (FD / floor: 1 = as close as real data of that count)."""
+    ``reference`` (its feature ``stats`` from ``reference_stats``): ``frechet`` (with
+    ``draws`` > 1 the median over the draws of N, and ``frechet_sd``, the spread of one
+    draw), the class statistics of all samples, ``frechet_real_floor`` (the same distance for
+    N real training images, the median of up to ``FLOOR_DRAWS`` disjoint draws, the same for
+    every run), ``frechet_real_floor_sd`` (how much one real draw's FD spreads: differences of
+    FD smaller than this are the draw, not the model) and ``frechet_over_floor`` (FD / floor:
+    1 = as close as real data of that count)."""
     metrics = sample_quality(evaluator, samples, reference)
     n = len(samples) // draws
     if draws > 1:
-        drawn = frechet_over_draws(evaluator, samples.split(n), reference)
+        drawn = frechet_over_draws(evaluator, samples.split(n), stats)
         metrics.update(frechet=drawn.median, frechet_sd=drawn.sd, n_samples=n,
                        sample_draws=draws)
-    floor = frechet_over_draws(evaluator, real_image_draws(data, n), reference)
+    floor = frechet_over_draws(evaluator, real_image_draws(data, n), stats)
     metrics["frechet_real_floor"] = floor.median
     metrics["frechet_real_floor_sd"] = floor.sd
     metrics["frechet_over_floor"] = metrics["frechet"] / floor.median

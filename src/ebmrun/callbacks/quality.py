@@ -72,7 +72,7 @@ class QualityProbe(Callback):
         test = to_unit_range(data.to_float(data.test[:REFERENCE_TEST]), data.value_range)
         self.reference = feature_stats(self.evaluator.features(test))
         draws = real_image_draws(data, self.n_samples)
-        self.floor = frechet_over_draws(self.evaluator, draws, test).median
+        self.floor = frechet_over_draws(self.evaluator, draws, self.reference).median
 
     @torch.no_grad()
     def measure(self, run: RunState) -> dict[str, float]:

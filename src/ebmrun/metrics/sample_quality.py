@@ -103,10 +103,18 @@ def sample_quality(evaluator: Evaluator, samples: Tensor, reference: Tensor) -> 
     return out
 
 
+def reference_stats(evaluator: Evaluator, reference: Tensor) -> tuple[Tensor, Tensor]:
+    """Feature mean ``(F,)`` and covariance ``(F, F)`` of ``reference`` ``(M, 1, 28, 28)``
+    images in [-1, 1], computed once and passed to :func:`frechet_over_draws`."""
+    _check_images("reference", reference)
+    return feature_stats(evaluator.features(reference))
+
+
 def frechet_over_draws(evaluator: Evaluator, draws: Sequence[Tensor],
-                       reference: Tensor) -> FrechetDraws:
+                       reference: tuple[Tensor, Tensor]) -> FrechetDraws:
     """Fréchet distance of each image set in ``draws`` (each ``(N, 1, 28, 28)`` in [-1, 1])
-    to ``reference`` ``(M, 1, 28, 28)``: the median and the spread of one draw.
+    to the ``reference`` statistics (:func:`reference_stats`): the median and the spread of
+    one draw.
 
     Used for the real-vs-real floor (draws of training images, see
     :func:`ebmrun.evaluation.real_image_draws`) and, with ``eval.sample_draws`` > 1, for the
@@ -115,13 +123,11 @@ def frechet_over_draws(evaluator: Evaluator, draws: Sequence[Tensor],
     floor moved by up to 3x with the seed of the floor alone (the mean of 10 still ranged
     0.24-0.42 over 5 seeds, the median 0.23-0.38); two draws of 1,000 samples of one EBGAN
     checkpoint scored 0.49 and 0.85."""
-    _check_images("reference", reference)
     if not draws:
         raise UserError("frechet_over_draws needs at least one set of images")
-    stats = feature_stats(evaluator.features(reference))
     values = []
     for images in draws:
         _check_images("draw", images)
-        values.append(frechet_from_stats(*feature_stats(evaluator.features(images)), *stats))
+        values.append(frechet_from_stats(*feature_stats(evaluator.features(images)), *reference))
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return FrechetDraws(median=statistics.median(values), sd=spread, draws=len(values))
