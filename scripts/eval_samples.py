@@ -4,8 +4,9 @@
 
 PATH/samples.pt holds one float tensor (N, 1, 28, 28) in [-1, 1]. The first ``--n`` samples
 are compared with the whole test split; ``real_floor`` is the same metric for ``--n`` random
-real training images (the median of 10 fixed draws, ``real_floor_sd`` the spread of one), i.e.
-the best score reachable with that many samples. The evaluator is
+real training images (the median of 100 fixed draws, ``real_floor_sd`` the spread of one;
+``ebmrun.metrics.real_floor``), i.e. the best score reachable with that many samples. The
+evaluator is
 the one shipped with ebmrun (no training); ``evaluator`` in the output names it
 (``<dataset>-<weights hash>``): compare only numbers with the same name.
 """
@@ -22,9 +23,8 @@ import torch
 from ebmrun.data.idx import load_idx_dataset
 from ebmrun.errors import UserError
 from ebmrun.metrics.evaluator import RECIPES, get_evaluator
-from ebmrun.evaluation import real_image_draws
-from ebmrun.metrics.sample_quality import (frechet_over_draws, reference_stats,
-                                          sample_quality)
+from ebmrun.metrics.real_floor import real_floor
+from ebmrun.metrics.sample_quality import reference_stats, sample_quality
 
 
 def load_samples(path: Path, n: int) -> torch.Tensor:
@@ -56,8 +56,8 @@ def evaluate(path: Path, dataset: str, root: str | None, n: int, cache_dir: str 
     data = load_idx_dataset(name=RECIPES[dataset].loader_name, root=root)
     test = data.to_float(data.test)
     # same number of real training images as samples, so the floor has the same N-bias
-    floor = frechet_over_draws(evaluator, real_image_draws(data, samples.shape[0]),
-                               reference_stats(evaluator, test))
+    floor = real_floor(evaluator, data, samples.shape[0], reference_stats(evaluator, test),
+                       cache_dir=cache_dir)
     result = {"samples": str(path), "dataset": dataset}
     result.update(sample_quality(evaluator, samples, test))
     result["real_floor"], result["real_floor_sd"] = floor.median, floor.sd

@@ -32,9 +32,8 @@ import torch
 from ebmrun.data.idx import load_idx_dataset
 from ebmrun.ema import EMA, maybe_applied
 from ebmrun.metrics.evaluator import get_evaluator
-from ebmrun.evaluation import real_image_draws
-from ebmrun.metrics.sample_quality import (frechet_over_draws, reference_stats,
-                                          sample_quality)
+from ebmrun.metrics.real_floor import real_floor
+from ebmrun.metrics.sample_quality import reference_stats, sample_quality
 
 REFERENCE = Path(__file__).resolve().parent / "reference" / "deep_ebm_straightforward.py"
 
@@ -171,8 +170,7 @@ def main() -> None:
     evaluator = get_evaluator("mnist", root)
     data = load_idx_dataset("mnist", root)
     test = data.to_float(data.test)
-    floor = frechet_over_draws(evaluator, real_image_draws(data, args.n),
-                               reference_stats(evaluator, test)).median
+    floor = real_floor(evaluator, data, args.n, reference_stats(evaluator, test)).median
     target = args.multiple * floor
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
 

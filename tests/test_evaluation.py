@@ -96,8 +96,8 @@ def test_eval_of_the_true_density_has_tiny_kl(tmp_path: Path) -> None:
 
 def test_eval_of_a_trained_mnist_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Train 4 tiny steps with periodic evaluation, then task=eval the checkpoint: sample
-    quality with the shipped evaluator (named in metrics.json, nothing trained or cached)
-    and all AUROCs."""
+    quality with the shipped evaluator (named in metrics.json, none trained or cached; the
+    floor is cached) and all AUROCs."""
     from ebmrun.metrics.evaluator import get_evaluator
 
     cache = tmp_path / "cache"
@@ -125,7 +125,8 @@ def test_eval_of_a_trained_mnist_model(tmp_path: Path, monkeypatch: pytest.Monke
     assert metrics["buffer/frechet"] != metrics["samples/frechet"]
     assert metrics["checkpoint_step"] == 4 and metrics["samples/n_samples"] == 20
     assert metrics["samples/evaluator"] == trained["eval/samples/evaluator"] == shipped
-    assert not cache.exists()  # the shipped weights: no evaluator trained or cached
+    assert not (cache / "evaluators").exists()  # the shipped weights: none trained or cached
+    assert list((cache / "floors").glob("mnist-n20-*.json"))  # the floor, measured once
 
 
 def test_buffer_is_scored_only_where_chains_persist() -> None:

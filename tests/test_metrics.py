@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
+from ebmrun.data.base import InMemoryData
 from ebmrun.errors import UserError
 from ebmrun.metrics import evaluator as evaluator_module
 from ebmrun.metrics.evaluator import (Evaluator, evaluator_path, get_evaluator, load_evaluator,
                                       save_evaluator)
 from ebmrun.metrics.evaluator_training import random_shift
 from ebmrun.metrics.frechet import feature_stats, frechet_distance
+from ebmrun.metrics.real_floor import FLOOR_DRAWS, floor_index_draws, real_floor
 from ebmrun.metrics.sample_quality import (MAX_CLASS_KL, class_stats, frechet_over_draws,
                                           reference_stats, sample_quality)
 
@@ -165,3 +168,52 @@ def test_retraining_is_announced(tmp_path, monkeypatch: pytest.MonkeyPatch,
     err = capsys.readouterr().err
     cached = evaluator_path("fashion_mnist", tmp_path)
     assert "training" in err and "min" in err and str(cached) in err and cached.is_file()
+
+
+def test_floor_draws_are_fixed_disjoint_blocks_of_successive_permutations() -> None:
+    """100 draws of 30 from 1,000 items: 33 disjoint blocks per permutation, then the next
+    permutation's; the same sets on every call whatever torch's global seed."""
+    torch.manual_seed(123)
+    blocks = floor_index_draws(1000, 30)
+    torch.manual_seed(456)
+    again = floor_index_draws(1000, 30)
+    assert len(blocks) == FLOOR_DRAWS == 100
+    assert all(torch.equal(a, b) for a, b in zip(blocks, again))
+    assert all(len(block) == 30 for block in blocks)
+    first_permutation = torch.cat(blocks[:33])
+    assert len(first_permutation.unique()) == 33 * 30  # disjoint within a permutation
+    assert not torch.equal(blocks[0], blocks[33])  # the next permutation starts afresh
+    assert len(floor_index_draws(20, 30)) == 1  # fewer items than n: one (short) set
+
+
+def _small_data(n_train: int = 300) -> InMemoryData:
+    gen = _gen(3)
+    images = torch.randint(0, 256, (n_train + 50, 1, 28, 28), dtype=torch.uint8, generator=gen)
+    return InMemoryData(name="mnist", train=images[:n_train], test=images[n_train:],
+                        value_range=(-1.0, 1.0), box=(-1.0, 1.0))
+
+
+def test_real_floor_is_the_median_of_its_draws_and_is_cached(tmp_path) -> None:
+    """The floor equals the median / sd of the FDs of its draws' images; it is written once
+    under <cache>/floors/ and read back from there (a doctored file is believed: the proof
+    it is read), and another n or another reference is another file."""
+    torch.manual_seed(0)
+    ev, data = Evaluator(), _small_data()
+    stats = reference_stats(ev, data.to_float(data.test))
+    floor = real_floor(ev, data, 20, stats, cache_dir=tmp_path)
+    draws = [data.to_float(data.train[block]) for block in floor_index_draws(300, 20)]
+    direct = frechet_over_draws(ev, draws, stats)
+    assert floor.draws == 100 and floor.median == pytest.approx(direct.median, rel=1e-6)
+    assert floor.sd == pytest.approx(direct.sd, rel=1e-6)
+    files = list((tmp_path / "floors").glob("mnist-n20-*.json"))
+    assert len(files) == 1
+    doctored = json.loads(files[0].read_text()) | {"median": 123.0}
+    files[0].write_text(json.dumps(doctored))
+    assert real_floor(ev, data, 20, stats, cache_dir=tmp_path).median == 123.0
+    assert real_floor(ev, data, 10, stats, cache_dir=tmp_path).median != 123.0
+    other_reference = reference_stats(ev, data.to_float(data.test[:25]))
+    assert real_floor(ev, data, 20, other_reference, cache_dir=tmp_path).median != 123.0
+    assert len(list((tmp_path / "floors").glob("*.json"))) == 3
+    files[0].write_text("not json")  # a broken file is measured again, not an error
+    assert real_floor(ev, data, 20, stats, cache_dir=tmp_path).median == pytest.approx(
+        direct.median, rel=1e-6)

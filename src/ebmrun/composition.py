@@ -30,8 +30,8 @@ from ebmrun.build import build_trained
 from ebmrun.checkpoint import load_checkpoint
 from ebmrun.conditional import refine, rejection_samples, select_rows
 from ebmrun.config import merge_overrides
+from ebmrun.data.base import to_unit_range
 from ebmrun.errors import UserError
-from ebmrun.evaluation import to_unit_range
 from ebmrun.logging.run_logger import image_grid
 from ebmrun.metrics.evaluator import RECIPES, get_evaluator
 from ebmrun.objectives.base import DataInfo, Objective

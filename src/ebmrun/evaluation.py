@@ -26,15 +26,15 @@ from ebmrun import seeds
 from ebmrun.build import build_trained, load_data
 from ebmrun.checkpoint import atomic_write_bytes, atomic_write_json
 from ebmrun.config import EvalConfig
-from ebmrun.data.base import InMemoryData
+from ebmrun.data.base import InMemoryData, to_unit_range
 from ebmrun.errors import UserError
 from ebmrun.logging import RunLogger, figures, plots2d
 from ebmrun.metrics.evaluator import RECIPES, Evaluator, get_evaluator
 from ebmrun.metrics.inception import inception_fid
 from ebmrun.metrics.normaliser import grid_report
 from ebmrun.metrics.ood import auroc, flipped, uniform_noise_like
-from ebmrun.metrics.sample_quality import (FLOOR_DRAWS, FLOOR_SEED, frechet_over_draws,
-                                          reference_stats, sample_quality)
+from ebmrun.metrics.real_floor import real_floor
+from ebmrun.metrics.sample_quality import frechet_over_draws, reference_stats, sample_quality
 from ebmrun.objectives.base import EvalReport, Objective
 from ebmrun.objectives.replay_buffer import ReplayBufferCD
 from ebmrun.outputs import png_bytes
@@ -53,12 +53,6 @@ def batched_energy(energy: Callable[[Tensor], Tensor | None], x: Tensor, batch: 
     return torch.cat([energy(chunk).double().cpu().flatten() for chunk in x.split(batch)])
 
 
-def to_unit_range(x: Tensor, value_range: tuple[float, float]) -> Tensor:
-    """Map images from ``value_range`` to [-1, 1], the evaluator's input range."""
-    low, high = value_range
-    return (x.float() - low) * (2.0 / (high - low)) - 1.0
-
-
 def generated_images(objective: Objective, n: int, *, steps: int | None, batch_size: int,
                      generator: torch.Generator,
                      value_range: tuple[float, float]) -> Tensor:
@@ -72,17 +66,6 @@ def generated_images(objective: Objective, n: int, *, steps: int | None, batch_s
         chunks.append(result.x.detach().float().cpu())
         remaining -= size
     return to_unit_range(torch.cat(chunks), value_range)
-
-
-def real_image_draws(data: InMemoryData, n: int, draws: int = FLOOR_DRAWS) -> list[Tensor]:
-    """Up to ``draws`` disjoint sets of ``n`` training images ``(n, C, H, W)`` in [-1, 1], one
-    fixed random permutation (``FLOOR_SEED``, not the run's seed) cut in consecutive blocks;
-    fewer where the split holds fewer than ``draws * n``.
-    For the real-vs-real floor of ``n`` samples' Fréchet distance (``frechet_over_draws``)."""
-    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(FLOOR_SEED))
-    count = max(1, min(draws, len(data.train) // n))
-    return [to_unit_range(data.to_float(data.train[order[i * n:(i + 1) * n]]), data.value_range)
-            for i in range(count)]
 
 
 def evaluate_model(cfg: DictConfig, objective: Objective, data: InMemoryData,
@@ -211,9 +194,9 @@ def _scored(evaluator: Evaluator, samples: Tensor, reference: Tensor,
     ``reference`` (its feature ``stats`` from ``reference_stats``): ``frechet`` (with
     ``draws`` > 1 the median over the draws of N, and ``frechet_sd``, the spread of one
     draw), the class statistics of all samples, ``frechet_real_floor`` (the same distance for
-    N real training images, the median of up to ``FLOOR_DRAWS`` disjoint draws, the same for
-    every run), ``frechet_real_floor_sd`` (how much one real draw's FD spreads: differences of
-    FD smaller than this are the draw, not the model) and ``frechet_over_floor`` (FD / floor:
+    N real training images: the median of 100 fixed draws, the same for every run, see
+    :mod:`ebmrun.metrics.real_floor`), ``frechet_real_floor_sd`` (how much one real draw's
+    FD spreads: differences of FD smaller than this are the draw, not the model) and ``frechet_over_floor`` (FD / floor:
     1 = as close as real data of that count)."""
     metrics = sample_quality(evaluator, samples, reference)
     n = len(samples) // draws
@@ -221,7 +204,7 @@ def _scored(evaluator: Evaluator, samples: Tensor, reference: Tensor,
         drawn = frechet_over_draws(evaluator, samples.split(n), stats)
         metrics.update(frechet=drawn.median, frechet_sd=drawn.sd, n_samples=n,
                        sample_draws=draws)
-    floor = frechet_over_draws(evaluator, real_image_draws(data, n), stats)
+    floor = real_floor(evaluator, data, n, stats)
     metrics["frechet_real_floor"] = floor.median
     metrics["frechet_real_floor_sd"] = floor.sd
     metrics["frechet_over_floor"] = metrics["frechet"] / floor.median

@@ -9,13 +9,13 @@ generate new samples, rank 0 logs
   ``trainer.quality_steps`` sampler steps or the family's default) and the first
   :data:`REFERENCE_TEST` test images;
 - ``quality/frechet_real_floor``: the same distance for as many real training images (the
-  median of several disjoint draws), the value a perfect sampler would get with this few
+  median of 100 fixed draws, :mod:`ebmrun.metrics.real_floor`), the value a perfect sampler would get with this few
   samples (the FD of a small sample is biased upwards: compare the curve with its floor and
   its earlier points, not with an ``eval/samples/frechet`` of more samples).
 
-The reference statistics and the floor are computed once per process (about 4 s on one
-CPU thread). Each probe draws from the same seed (:data:`ebmrun.seeds.QUALITY`), so the
-curve shows the model changing rather than the draw. Training does not notice the probe: the
+The reference statistics are computed once per process (about 2 s on one CPU thread), the
+floor once per machine (about 14 s for 200 samples, then cached). Each probe draws from the
+same seed (:data:`ebmrun.seeds.QUALITY`), so the curve shows the model changing rather than the draw. Training does not notice the probe: the
 model is sampled in eval mode (BatchNorm running statistics untouched) with the EMA weights
 if any, from a generator of its own, with torch's global random state restored afterwards.
 """
@@ -28,11 +28,12 @@ from torch import Tensor
 from ebmrun import distributed as ddp
 from ebmrun import seeds
 from ebmrun.callbacks.base import Callback, RunState
+from ebmrun.data.base import to_unit_range
 from ebmrun.ema import maybe_applied
-from ebmrun.evaluation import generated_images, real_image_draws, to_unit_range
+from ebmrun.evaluation import generated_images
 from ebmrun.metrics.evaluator import RECIPES, Evaluator, load_evaluator, shipped_path
 from ebmrun.metrics.frechet import feature_stats, frechet_from_stats
-from ebmrun.metrics.sample_quality import frechet_over_draws
+from ebmrun.metrics.real_floor import real_floor
 from ebmrun.objectives.common import eval_mode
 
 REFERENCE_TEST = 2000  # test images the samples are compared with (10,000 would take ~9 s)
@@ -71,8 +72,7 @@ class QualityProbe(Callback):
         self.evaluator = load_evaluator(shipped_path(data.name), data.name)
         test = to_unit_range(data.to_float(data.test[:REFERENCE_TEST]), data.value_range)
         self.reference = feature_stats(self.evaluator.features(test))
-        draws = real_image_draws(data, self.n_samples)
-        self.floor = frechet_over_draws(self.evaluator, draws, self.reference).median
+        self.floor = real_floor(self.evaluator, data, self.n_samples, self.reference).median
 
     @torch.no_grad()
     def measure(self, run: RunState) -> dict[str, float]:

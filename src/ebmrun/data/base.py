@@ -13,6 +13,12 @@ import torch
 from torch import Tensor
 
 
+def to_unit_range(x: Tensor, value_range: tuple[float, float]) -> Tensor:
+    """Map images from ``value_range`` to [-1, 1], the evaluator's input range."""
+    low, high = value_range
+    return (x.float() - low) * (2.0 / (high - low)) - 1.0
+
+
 @dataclass
 class InMemoryData:
     """A dataset held in memory, split into train and test.

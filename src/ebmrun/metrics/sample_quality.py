@@ -2,9 +2,8 @@
 
 ``frechet`` says how far the sample distribution is from the real one in the evaluator's
 feature space; it has a positive floor even for real images (finite-sample bias), so always
-print it next to the real-vs-real floor of the same number of images (the median of several
-draws, :func:`frechet_over_draws`: one draw is a noisy estimate). The class
-statistics catch mode collapse (few classes present, high KL to uniform) and blurry or
+print it next to the real-vs-real floor of the same number of images
+(:mod:`ebmrun.metrics.real_floor`). The class statistics catch mode collapse (few classes present, high KL to uniform) and blurry or
 off-manifold samples (low classifier confidence).
 """
 
@@ -27,16 +26,6 @@ from ebmrun.metrics.frechet import feature_stats, frechet_distance, frechet_from
 PRESENT_FRACTION = 0.02
 # KL of a one-class histogram: the worst class_kl_uniform, for reading the numbers.
 MAX_CLASS_KL = math.log(Evaluator.num_classes)
-# Real-vs-real draws whose median is the floor (see frechet_over_draws): ~0.8 s of features per
-# 1,000 images on one CPU thread, so 10 draws add ~8 s to an evaluation of 1,000 samples.
-FLOOR_DRAWS = 10
-# The floor's draws come from one fixed permutation of the training split, whatever the run's
-# seed: the floor is a constant of (dataset, sample count), so FD / floor compares across
-# runs. Per-seed draws made the median of 10 range 0.23-0.38 on MNIST for 1,000 images over
-# seeds 0-4, and runs of seeds 5 and 6 with FDs of 0.81 and 0.70 read 2.3x and 3.2x. Seed 0
-# keeps older seed-0 floors (one draw: 0.226; median of 10: 0.228); 100 draws of seeds 0-4
-# had a median of 0.30, so this floor sits on the strict side.
-FLOOR_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -47,6 +36,12 @@ class FrechetDraws:
     median: float
     sd: float
     draws: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> FrechetDraws:
+        """The median and spread of one FD per draw."""
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        return cls(median=statistics.median(values), sd=spread, draws=len(values))
 
 
 def _check_images(name: str, x: Tensor) -> None:
@@ -105,7 +100,8 @@ def sample_quality(evaluator: Evaluator, samples: Tensor, reference: Tensor) -> 
 
 def reference_stats(evaluator: Evaluator, reference: Tensor) -> tuple[Tensor, Tensor]:
     """Feature mean ``(F,)`` and covariance ``(F, F)`` of ``reference`` ``(M, 1, 28, 28)``
-    images in [-1, 1], computed once and passed to :func:`frechet_over_draws`."""
+    images in [-1, 1], computed once and passed to :func:`frechet_over_draws` and
+    :func:`ebmrun.metrics.real_floor.real_floor`."""
     _check_images("reference", reference)
     return feature_stats(evaluator.features(reference))
 
@@ -116,18 +112,13 @@ def frechet_over_draws(evaluator: Evaluator, draws: Sequence[Tensor],
     to the ``reference`` statistics (:func:`reference_stats`): the median and the spread of
     one draw.
 
-    Used for the real-vs-real floor (draws of training images, see
-    :func:`ebmrun.evaluation.real_image_draws`) and, with ``eval.sample_draws`` > 1, for the
-    samples themselves. One draw is a noisy estimate on this evaluator: 1,000 real MNIST
-    images of 20 seeds ranged 0.16-0.79 (median 0.28, sd 0.14), heavy-tailed, so a ratio FD /
-    floor moved by up to 3x with the seed of the floor alone (the mean of 10 still ranged
-    0.24-0.42 over 5 seeds, the median 0.23-0.38); two draws of 1,000 samples of one EBGAN
-    checkpoint scored 0.49 and 0.85."""
+    Used with ``eval.sample_draws`` > 1 for the samples: one draw is a noisy estimate on
+    this evaluator (two draws of 1,000 samples of one EBGAN checkpoint scored 0.49 and 0.85;
+    real images vary as much, see :mod:`ebmrun.metrics.real_floor`)."""
     if not draws:
         raise UserError("frechet_over_draws needs at least one set of images")
     values = []
     for images in draws:
         _check_images("draw", images)
         values.append(frechet_from_stats(*feature_stats(evaluator.features(images)), *reference))
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return FrechetDraws(median=statistics.median(values), sd=spread, draws=len(values))
+    return FrechetDraws.of(values)
