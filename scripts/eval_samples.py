@@ -56,10 +56,10 @@ def evaluate(path: Path, dataset: str, root: str | None, n: int, cache_dir: str 
     data = load_idx_dataset(name=RECIPES[dataset].loader_name, root=root)
     test = data.to_float(data.test)
     # same number of real training images as samples, so the floor has the same N-bias
-    floor = real_floor(evaluator, data, samples.shape[0], reference_stats(evaluator, test),
-                       cache_dir=cache_dir)
+    reference = reference_stats(evaluator, test)
+    floor = real_floor(evaluator, data, samples.shape[0], reference, cache_dir=cache_dir)
     result = {"samples": str(path), "dataset": dataset}
-    result.update(sample_quality(evaluator, samples, test))
+    result.update(sample_quality(evaluator, samples, reference))
     result["real_floor"], result["real_floor_sd"] = floor.median, floor.sd
     result["evaluator_test_accuracy"] = evaluator.test_accuracy
     result["evaluator"] = evaluator.version

@@ -170,12 +170,13 @@ def main() -> None:
     evaluator = get_evaluator("mnist", root)
     data = load_idx_dataset("mnist", root)
     test = data.to_float(data.test)
-    floor = real_floor(evaluator, data, args.n, reference_stats(evaluator, test)).median
+    reference = reference_stats(evaluator, test)
+    floor = real_floor(evaluator, data, args.n, reference).median
     target = args.multiple * floor
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     def score(samples: torch.Tensor) -> dict:
-        return sample_quality(evaluator, samples, test)
+        return sample_quality(evaluator, samples, reference)
 
     result = {"floor": round(floor, 3), "multiple": args.multiple, "target_fd": round(target, 2),
               "clock": args.clock, "threads": args.threads, "n": args.n, "ours_overrides": args.ours}

@@ -16,8 +16,8 @@ from ebmrun.metrics.evaluator import (Evaluator, evaluator_path, get_evaluator, 
 from ebmrun.metrics.evaluator_training import random_shift
 from ebmrun.metrics.frechet import feature_stats, frechet_distance
 from ebmrun.metrics.real_floor import FLOOR_DRAWS, floor_index_draws, real_floor
-from ebmrun.metrics.sample_quality import (MAX_CLASS_KL, class_stats, frechet_over_draws,
-                                          reference_stats, sample_quality)
+from ebmrun.metrics.sample_quality import (MAX_CLASS_KL, class_stats, reference_stats,
+                                          sample_quality)
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -100,7 +100,7 @@ def test_sample_quality_keys_and_ranges() -> None:
     ev = Evaluator()
     samples = torch.rand(64, 1, 28, 28) * 2 - 1
     reference = torch.rand(80, 1, 28, 28) * 2 - 1
-    q = sample_quality(ev, samples, reference)
+    q = sample_quality(ev, samples, reference_stats(ev, reference))
     assert set(q) == {"frechet", "classes_present", "class_kl_uniform", "mean_confidence",
                       "n_samples"}
     assert q["frechet"] >= 0.0 and math.isfinite(q["frechet"])
@@ -109,15 +109,17 @@ def test_sample_quality_keys_and_ranges() -> None:
     assert 0.1 - 1e-6 <= q["mean_confidence"] <= 1.0
     assert q["n_samples"] == 64
     stats = reference_stats(ev, reference[40:])
-    one = frechet_over_draws(ev, [reference[:20]], stats)
-    assert one.median >= 0.0 and one.sd == 0.0 and one.draws == 1
     sets = [reference[i:i + 10] for i in (0, 10, 20)]
-    singles = [frechet_over_draws(ev, [one_set], stats).median for one_set in sets]
-    three = frechet_over_draws(ev, sets, stats)
-    assert three.draws == 3 and three.median == pytest.approx(sorted(singles)[1])
-    assert three.sd == pytest.approx(torch.tensor(singles, dtype=torch.float64).std().item())
+    singles = [sample_quality(ev, one_set, stats)["frechet"] for one_set in sets]
+    three = sample_quality(ev, torch.cat(sets), stats, draws=3)  # three draws of 10
+    assert three["sample_draws"] == 3 and three["n_samples"] == 10
+    assert three["frechet"] == pytest.approx(sorted(singles)[1], rel=1e-5)  # the median
+    assert three["frechet_sd"] == pytest.approx(
+        torch.tensor(singles, dtype=torch.float64).std().item(), rel=1e-5)
     with pytest.raises(UserError):
-        sample_quality(ev, samples[:, :, :14], reference)
+        sample_quality(ev, samples[:, :, :14], stats)
+    with pytest.raises(UserError, match="do not split into 5 equal draws"):
+        sample_quality(ev, samples, stats, draws=5)
 
 
 def test_class_stats_extremes() -> None:
@@ -202,9 +204,9 @@ def test_real_floor_is_the_median_of_its_draws_and_is_cached(tmp_path) -> None:
     stats = reference_stats(ev, data.to_float(data.test))
     floor = real_floor(ev, data, 20, stats, cache_dir=tmp_path)
     draws = [data.to_float(data.train[block]) for block in floor_index_draws(300, 20)]
-    direct = frechet_over_draws(ev, draws, stats)
-    assert floor.draws == 100 and floor.median == pytest.approx(direct.median, rel=1e-6)
-    assert floor.sd == pytest.approx(direct.sd, rel=1e-6)
+    direct = sample_quality(ev, torch.cat(draws), stats, draws=100)
+    assert floor.draws == 100 and floor.median == pytest.approx(direct["frechet"], rel=1e-5)
+    assert floor.sd == pytest.approx(direct["frechet_sd"], rel=1e-5)
     files = list((tmp_path / "floors").glob("mnist-n20-*.json"))
     assert len(files) == 1
     doctored = json.loads(files[0].read_text()) | {"median": 123.0}
@@ -216,4 +218,4 @@ def test_real_floor_is_the_median_of_its_draws_and_is_cached(tmp_path) -> None:
     assert len(list((tmp_path / "floors").glob("*.json"))) == 3
     files[0].write_text("not json")  # a broken file is measured again, not an error
     assert real_floor(ev, data, 20, stats, cache_dir=tmp_path).median == pytest.approx(
-        direct.median, rel=1e-6)
+        direct["frechet"], rel=1e-5)

@@ -34,7 +34,7 @@ from ebmrun.metrics.inception import inception_fid
 from ebmrun.metrics.normaliser import grid_report
 from ebmrun.metrics.ood import auroc, flipped, uniform_noise_like
 from ebmrun.metrics.real_floor import real_floor
-from ebmrun.metrics.sample_quality import frechet_over_draws, reference_stats, sample_quality
+from ebmrun.metrics.sample_quality import reference_stats, sample_quality
 from ebmrun.objectives.base import EvalReport, Objective
 from ebmrun.objectives.replay_buffer import ReplayBufferCD
 from ebmrun.outputs import png_bytes
@@ -170,7 +170,7 @@ def _sample_quality(cfg: DictConfig, objective: Objective, data: InMemoryData, t
                                value_range=data.value_range)
     reference = to_unit_range(test.cpu(), data.value_range)
     stats = reference_stats(evaluator, reference)  # once for the floor, draws and buffer
-    metrics = _scored(evaluator, samples, reference, stats, data, draws)
+    metrics = _scored(evaluator, samples, stats, data, draws)
     metrics["evaluator_test_accuracy"] = float(evaluator.test_accuracy or 0.0)
     if settings.inception_fid:
         metrics["inception_fid"] = inception_fid(samples, reference)
@@ -182,29 +182,23 @@ def _sample_quality(cfg: DictConfig, objective: Objective, data: InMemoryData, t
     buffer = objective.replay_samples(settings.n_samples, generator)
     if buffer is not None:
         scored = _scored(evaluator, to_unit_range(buffer.detach().cpu(), data.value_range),
-                         reference, stats, data)
+                         stats, data)
         report.metrics.update({f"buffer/{k}": v for k, v in scored.items()})
     return report
 
 
-def _scored(evaluator: Evaluator, samples: Tensor, reference: Tensor,
-            stats: tuple[Tensor, Tensor], data: InMemoryData,
-            draws: int = 1) -> dict[str, float]:
-    """Sample-quality metrics of ``samples`` ``(draws * N, C, H, W)`` in [-1, 1] against
-    ``reference`` (its feature ``stats`` from ``reference_stats``): ``frechet`` (with
-    ``draws`` > 1 the median over the draws of N, and ``frechet_sd``, the spread of one
-    draw), the class statistics of all samples, ``frechet_real_floor`` (the same distance for
-    N real training images: the median of 100 fixed draws, the same for every run, see
+def _scored(evaluator: Evaluator, samples: Tensor, stats: tuple[Tensor, Tensor],
+            data: InMemoryData, draws: int = 1) -> dict[str, float]:
+    """Sample-quality metrics of ``samples`` ``(draws * N, C, H, W)`` in [-1, 1] against the
+    reference feature ``stats`` (``reference_stats``): those of
+    :func:`~ebmrun.metrics.sample_quality.sample_quality` (with ``draws`` > 1 the median FD
+    over the draws and ``frechet_sd``), ``frechet_real_floor`` (the same distance for N real
+    training images: the median of 100 fixed draws, the same for every run, see
     :mod:`ebmrun.metrics.real_floor`), ``frechet_real_floor_sd`` (how much one real draw's
-    FD spreads: differences of FD smaller than this are the draw, not the model) and ``frechet_over_floor`` (FD / floor:
-    1 = as close as real data of that count)."""
-    metrics = sample_quality(evaluator, samples, reference)
-    n = len(samples) // draws
-    if draws > 1:
-        drawn = frechet_over_draws(evaluator, samples.split(n), stats)
-        metrics.update(frechet=drawn.median, frechet_sd=drawn.sd, n_samples=n,
-                       sample_draws=draws)
-    floor = real_floor(evaluator, data, n, stats)
+    FD spreads: differences of FD smaller than this are the draw, not the model) and
+    ``frechet_over_floor`` (FD / floor: 1 = as close as real data of that count)."""
+    metrics = sample_quality(evaluator, samples, stats, draws)
+    floor = real_floor(evaluator, data, metrics["n_samples"], stats)
     metrics["frechet_real_floor"] = floor.median
     metrics["frechet_real_floor_sd"] = floor.sd
     metrics["frechet_over_floor"] = metrics["frechet"] / floor.median

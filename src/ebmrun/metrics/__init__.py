@@ -3,7 +3,7 @@ space, and class-balance statistics of its predictions."""
 
 from ebmrun.metrics.evaluator import Evaluator, get_evaluator
 from ebmrun.metrics.frechet import feature_stats, frechet_distance, frechet_from_stats
-from ebmrun.metrics.sample_quality import class_stats, frechet_over_draws, sample_quality
+from ebmrun.metrics.sample_quality import class_stats, reference_stats, sample_quality
 
 __all__ = ["Evaluator", "get_evaluator", "feature_stats", "frechet_distance",
-           "frechet_from_stats", "class_stats", "frechet_over_draws", "sample_quality"]
+           "frechet_from_stats", "class_stats", "reference_stats", "sample_quality"]

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ebmrun.errors import UserError
 from ebmrun.metrics.evaluator import Evaluator
-from ebmrun.metrics.frechet import feature_stats, frechet_distance, frechet_from_stats
+from ebmrun.metrics.frechet import feature_stats, frechet_from_stats
 
 # A class counts as "present" when it receives at least this fraction of predictions
 # (uniform would be 10%); 2% ignores stray misclassifications of a collapsed sampler.
@@ -76,49 +76,44 @@ def class_stats(logits: Tensor) -> dict[str, float]:
     }
 
 
-def sample_quality(evaluator: Evaluator, samples: Tensor, reference: Tensor) -> dict:
-    """Metrics of ``samples`` against ``reference`` real images.
+def sample_quality(evaluator: Evaluator, samples: Tensor, reference: tuple[Tensor, Tensor],
+                   draws: int = 1) -> dict:
+    """Metrics of ``samples`` against real images.
 
     Args:
         evaluator: feature extractor / classifier (see :func:`get_evaluator`).
-        samples: ``(N, 1, 28, 28)`` float images in ``[-1, 1]``.
-        reference: ``(M, 1, 28, 28)`` float images in ``[-1, 1]`` (e.g. the test split).
+        samples: ``(draws * N, 1, 28, 28)`` float images in ``[-1, 1]``: ``draws`` sets of N.
+        reference: the real images' feature statistics, :func:`reference_stats` of e.g. the
+            test split (computed once: 10,000 images take ~8 s on one CPU thread).
+        draws: how many sets of N ``samples`` holds. One set's FD is a noisy estimate on
+            this evaluator (two draws of 1,000 samples of one EBGAN checkpoint scored 0.49
+            and 0.85; real images vary as much, see :mod:`ebmrun.metrics.real_floor`), so
+            with ``draws`` > 1 ``frechet`` is the median over the sets.
 
     Returns:
-        dict with ``frechet``, ``classes_present``, ``class_kl_uniform``,
-        ``mean_confidence`` and ``n_samples``.
+        dict with ``frechet``, ``classes_present``, ``class_kl_uniform``, ``mean_confidence``
+        (these three over all samples) and ``n_samples`` (N); with ``draws`` > 1 also
+        ``frechet_sd`` (the spread of one set's FD) and ``sample_draws``.
     """
     _check_images("samples", samples)
-    _check_images("reference", reference)
+    if draws < 1 or len(samples) % draws:
+        raise UserError(f"{len(samples)} samples do not split into {draws} equal draws; "
+                        "pass draws * n samples")
+    n = len(samples) // draws
     feats, logits = evaluator.features_and_logits(samples)
-    ref_feats = evaluator.features(reference)
-    out = {"frechet": frechet_distance(feats, ref_feats)}
+    fds = FrechetDraws.of([frechet_from_stats(*feature_stats(one), *reference)
+                           for one in feats.split(n)])
+    out: dict = {"frechet": fds.median}
+    if draws > 1:
+        out.update(frechet_sd=fds.sd, sample_draws=draws)
     out.update(class_stats(logits))
-    out["n_samples"] = int(samples.shape[0])
+    out["n_samples"] = n
     return out
 
 
 def reference_stats(evaluator: Evaluator, reference: Tensor) -> tuple[Tensor, Tensor]:
     """Feature mean ``(F,)`` and covariance ``(F, F)`` of ``reference`` ``(M, 1, 28, 28)``
-    images in [-1, 1], computed once and passed to :func:`frechet_over_draws` and
+    images in [-1, 1], computed once and passed to :func:`sample_quality` and
     :func:`ebmrun.metrics.real_floor.real_floor`."""
     _check_images("reference", reference)
     return feature_stats(evaluator.features(reference))
-
-
-def frechet_over_draws(evaluator: Evaluator, draws: Sequence[Tensor],
-                       reference: tuple[Tensor, Tensor]) -> FrechetDraws:
-    """Fréchet distance of each image set in ``draws`` (each ``(N, 1, 28, 28)`` in [-1, 1])
-    to the ``reference`` statistics (:func:`reference_stats`): the median and the spread of
-    one draw.
-
-    Used with ``eval.sample_draws`` > 1 for the samples: one draw is a noisy estimate on
-    this evaluator (two draws of 1,000 samples of one EBGAN checkpoint scored 0.49 and 0.85;
-    real images vary as much, see :mod:`ebmrun.metrics.real_floor`)."""
-    if not draws:
-        raise UserError("frechet_over_draws needs at least one set of images")
-    values = []
-    for images in draws:
-        _check_images("draw", images)
-        values.append(frechet_from_stats(*feature_stats(evaluator.features(images)), *reference))
-    return FrechetDraws.of(values)
