@@ -8,7 +8,7 @@ estimate of it: 1,000 MNIST training images scored 0.16-0.79 on the shipped eval
 constant of (evaluator, training split, reference, ``n``): the draws come from a fixed
 sequence of permutations (:data:`FLOOR_SEED`), whatever the run's seed.
 
-Why 100 draws. With 10 draws (the floor before 2026-12-06) the median still moved with the
+Why 100 draws. With the 10 draws used before, the median still moved with the
 permutation: seed 0's ten draws of 1,000 gave 0.228, seeds 1-4 0.24-0.38. The median of all
 60 disjoint draws of 1,000 (every MNIST training image once) is 0.282, and 0.264-0.317 over
 six permutations; 100 draws (60 of one permutation, 40 of the next) put the median's own
