@@ -9,15 +9,17 @@ generate new samples, rank 0 logs
   ``trainer.quality_steps`` sampler steps or the family's default) and the first
   :data:`REFERENCE_TEST` test images;
 - ``quality/frechet_real_floor``: the same distance for as many real training images (the
-  median of 100 fixed draws, :mod:`ebmrun.metrics.real_floor`), the value a perfect sampler would get with this few
-  samples (the FD of a small sample is biased upwards: compare the curve with its floor and
-  its earlier points, not with an ``eval/samples/frechet`` of more samples).
+  median of 100 fixed draws, :mod:`ebmrun.metrics.real_floor`), the value a perfect sampler
+  would get with this few samples (the FD of a small sample is biased upwards: compare the
+  curve with its floor and its earlier points, not with an ``eval/samples/frechet`` of more
+  samples).
 
 The reference statistics are computed once per process (about 2 s on one CPU thread), the
 floor once per machine (about 14 s for 200 samples, then cached). Each probe draws from the
-same seed (:data:`ebmrun.seeds.QUALITY`), so the curve shows the model changing rather than the draw. Training does not notice the probe: the
-model is sampled in eval mode (BatchNorm running statistics untouched) with the EMA weights
-if any, from a generator of its own, with torch's global random state restored afterwards.
+same seed (:data:`ebmrun.seeds.QUALITY`), so the curve shows the model changing rather than
+the draw. Training does not notice the probe: the model is sampled in eval mode (BatchNorm
+running statistics untouched) with the EMA weights if any, from a generator of its own, with
+torch's global random state restored afterwards.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from ebmrun.data.base import to_unit_range
 from ebmrun.ema import maybe_applied
 from ebmrun.evaluation import generated_images
 from ebmrun.metrics.evaluator import RECIPES, Evaluator, load_evaluator, shipped_path
-from ebmrun.metrics.frechet import feature_stats, frechet_from_stats
 from ebmrun.metrics.real_floor import real_floor
+from ebmrun.metrics.sample_quality import reference_stats, sample_quality
 from ebmrun.objectives.common import eval_mode
 
 REFERENCE_TEST = 2000  # test images the samples are compared with (10,000 would take ~9 s)
@@ -71,7 +73,7 @@ class QualityProbe(Callback):
         data = run.data
         self.evaluator = load_evaluator(shipped_path(data.name), data.name)
         test = to_unit_range(data.to_float(data.test[:REFERENCE_TEST]), data.value_range)
-        self.reference = feature_stats(self.evaluator.features(test))
+        self.reference = reference_stats(self.evaluator, test)
         self.floor = real_floor(self.evaluator, data, self.n_samples, self.reference).median
 
     @torch.no_grad()
@@ -90,10 +92,6 @@ class QualityProbe(Callback):
                                            batch_size=run.cfg.eval.batch_size,
                                            generator=generator,
                                            value_range=run.data.value_range)
-        frechet = self._frechet(samples) if bool(torch.isfinite(samples).all()) else float("nan")
+        frechet = (sample_quality(self.evaluator, samples, self.reference)["frechet"]
+                   if bool(torch.isfinite(samples).all()) else float("nan"))
         return {"quality/frechet": frechet, "quality/frechet_real_floor": self.floor}
-
-    def _frechet(self, images: Tensor) -> float:
-        """FD of ``images`` ``(N, 1, 28, 28)`` in [-1, 1] to the reference test images."""
-        return frechet_from_stats(*feature_stats(self.evaluator.features(images)),
-                                  *self.reference)

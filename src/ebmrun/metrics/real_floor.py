@@ -12,7 +12,7 @@ Why 100 draws. With the 10 draws used before, the median still moved with the
 permutation: seed 0's ten draws of 1,000 gave 0.228, seeds 1-4 0.24-0.38. The median of all
 60 disjoint draws of 1,000 (every MNIST training image once) is 0.282, and 0.264-0.317 over
 six permutations; 100 draws (60 of one permutation, 40 of the next) put the median's own
-error at about 0.01. Featurising the ~60,000 images costs ~40 s on one CPU thread, so each
+error at about 0.01. Featurising the ~60,000 images costs 33-40 s on one CPU thread, so each
 floor is cached as a small JSON file under ``<cache_dir>/floors/`` keyed by everything it
 depends on (a miss only costs the time).
 """

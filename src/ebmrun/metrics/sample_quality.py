@@ -3,8 +3,8 @@
 ``frechet`` says how far the sample distribution is from the real one in the evaluator's
 feature space; it has a positive floor even for real images (finite-sample bias), so always
 print it next to the real-vs-real floor of the same number of images
-(:mod:`ebmrun.metrics.real_floor`). The class statistics catch mode collapse (few classes present, high KL to uniform) and blurry or
-off-manifold samples (low classifier confidence).
+(:mod:`ebmrun.metrics.real_floor`). The class statistics catch mode collapse (few classes
+present, high KL to uniform) and blurry or off-manifold samples (low classifier confidence).
 """
 
 from __future__ import annotations
