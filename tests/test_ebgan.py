@@ -294,3 +294,27 @@ def test_batchnorm_discriminator_sees_real_and_fake_batches_apart() -> None:
     # energy_real is D's energy of the real batch alone (its own BatchNorm statistics),
     # not of the real half of a real+fake batch.
     assert got["out"]["energy_real"].item() == pytest.approx(got["before"].item(), rel=1e-5)
+
+
+# ---- the collapse warning ------------------------------------------------------------------
+
+def test_health_warning_names_a_collapsed_generator_only() -> None:
+    objective = _objective(refine=False)
+    message = objective.health_warning({"pt": 0.995, "hinge_active": 0.0, "loss": 1.0})
+    assert message is not None and "collapsed" in message and "seed=" in message
+    # Windows of healthy measured runs: codes nearly parallel but fakes still inside the
+    # margin, or no fake inside but varied codes; and a window without the two metrics.
+    for window in ({"pt": 0.999, "hinge_active": 0.2}, {"pt": 0.91, "hinge_active": 0.0},
+                   {"loss": 1.0}):
+        assert objective.health_warning(window) is None, window
+
+
+def test_the_runner_prints_a_health_warning_once(tmp_path: Path, data_root: Path,
+                                                 capsys, monkeypatch) -> None:
+    monkeypatch.setattr(EBGANObjective, "health_warning",
+                        lambda self, window: f"test collapse, pt={window['pt']:.2f}")
+    train(compose_config(TINY_EBGAN), tmp_path)
+    err = capsys.readouterr().err
+    assert err.count("ebmrun: warning:") == 1 and "ebmrun: warning: step 2: test collapse" in err
+    events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0}).Reload()
+    assert "warnings/text_summary" in events.Tags()["tensors"]

@@ -185,6 +185,14 @@ class Objective(ABC):
         """1-D tensors to log as histograms (e.g. energies of the last batch)."""
         return {}
 
+    def health_warning(self, window: dict[str, float]) -> str | None:
+        """One line saying the run has failed in a way it does not recover from, judged
+        from ``window``: the means of :meth:`training_step`'s scalars over the last
+        ``trainer.log_every`` steps (keys as returned there); ``None`` while it looks
+        healthy. The runner prints the first such line and logs it to TensorBoard
+        (:mod:`ebmrun.callbacks.health`)."""
+        return None
+
     def reference_lines(self) -> dict[str, float]:
         """Constants drawn beside the training curves they bound (tag -> value), e.g.
         EBGAN's margin next to D(fake)."""

@@ -51,6 +51,15 @@ def margin_loss(e_real: Tensor, e_fake: Tensor, margin: float) -> tuple[Tensor, 
     return e_real.mean() + F.relu(margin - e_fake).mean(), active
 
 
+# A collapsed generator, as measured (README "Model zoo"): every G(z) is one image (the
+# codes are parallel, PT -> 1) and no fake lies inside the margin, so D only pushes data
+# energies down. G's tanh output is then saturated at every pixel (its gradient ~0) and no
+# such run recovered (seeds 7 and 8 of ebgan_mnist: flagged by step 200 / 700, run on to
+# 3,000). No window of ~25 healthy 5,000-step runs met both bounds at once.
+COLLAPSED_PT = 0.98
+COLLAPSED_HINGE_ACTIVE = 0.01
+
+
 @dataclass(frozen=True)
 class LatentPrior:
     """p(z): how to draw it, its energy −log p(z) + const ``(B,)``, and its support box."""
@@ -231,6 +240,16 @@ class EBGANObjective(Objective):
                     recon, _ = self.model.reconstruct(images[:32])
                     out[f"reconstruction_{name}"] = interleave_rows(images[:32], recon)
         return out
+
+    def health_warning(self, window: dict[str, float]) -> str | None:
+        """Mode collapse: the window's mean PT >= :data:`COLLAPSED_PT` and at most
+        :data:`COLLAPSED_HINGE_ACTIVE` of the fakes inside the margin."""
+        pt, active = window.get("pt"), window.get("hinge_active")
+        if pt is None or active is None or pt < COLLAPSED_PT or active > COLLAPSED_HINGE_ACTIVE:
+            return None
+        return (f"the generator has collapsed to one image (pulling-away term {pt:.3f}, "
+                f"{active:.1%} of fakes inside the margin {self.margin:g}); collapsed EBGAN "
+                f"runs do not recover (fix: stop and train again with another seed=)")
 
     def reference_lines(self) -> dict[str, float]:
         return {"energy/margin": self.margin}  # D(fake) >= m: the fake no longer pushes D
