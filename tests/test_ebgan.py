@@ -3,6 +3,7 @@ run, sampling with and without latent refinement, and the objective's saved stat
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -313,7 +314,10 @@ def test_the_runner_prints_a_health_warning_once(tmp_path: Path, data_root: Path
                                                  capsys, monkeypatch) -> None:
     monkeypatch.setattr(EBGANObjective, "health_warning",
                         lambda self, window: f"test collapse, pt={window['pt']:.2f}")
-    train(compose_config(TINY_EBGAN), tmp_path)
+    metrics = train(compose_config(TINY_EBGAN), tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(saved["warnings"]) == 1 and saved["warnings"] == metrics["warnings"]
+    assert saved["warnings"][0].startswith("step 2: test collapse, pt=")
     err = capsys.readouterr().err
     assert err.count("ebmrun: warning:") == 1 and "ebmrun: warning: step 2: test collapse" in err
     events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0}).Reload()

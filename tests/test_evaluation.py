@@ -200,3 +200,24 @@ def test_report_ranks_jobs_and_lists_failures(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "ebmrun.report", str(tmp_path / "nope")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "is not a directory" in bad.stderr
+
+
+def test_report_shows_a_finished_jobs_health_warning(tmp_path: Path) -> None:
+    """A job that finished with a health warning (metrics.json ``warnings``) is ok, and its
+    first warning fills the error / warning column (markdown and CSV)."""
+    for name, warnings in (("0_seed=7", ["step 200: the generator has collapsed", "later"]),
+                           ("1_seed=0", [])):
+        job = tmp_path / name
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- {name.split('_')[1]}\n")
+        (job / "metrics.json").write_text(json.dumps(
+            {"loss": 1.0, "warnings": warnings, "objective": {"name": "loss", "value": 1.0}}))
+    rows = sort_rows(collect(tmp_path), None, maximize=False)
+    assert [r.status for r in rows] == ["ok", "ok"]
+    by_name = {r.name: r for r in rows}
+    assert by_name["0_seed=7"].warning == "step 200: the generator has collapsed"
+    assert by_name["1_seed=0"].warning == "" and "warnings" not in by_name["0_seed=7"].metrics
+    text = markdown(*table(rows, ["loss"]))
+    assert "warning: step 200: the generator has collapsed" in text and "later" not in text
+    assert csv_text(rows).splitlines()[0].endswith(",error,warning")
+

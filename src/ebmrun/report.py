@@ -3,7 +3,8 @@
 Each job dir of a multirun holds ``.hydra/overrides.yaml`` (what the job changed) and, when
 it finished, ``metrics.json`` (with the objective metric the sweep optimises), or
 ``error.txt`` when it failed. The table lists every job: its overrides, status, the
-objective and the chosen metrics; failed jobs go last with their error line. Written as
+objective and the chosen metrics; failed jobs go last with their error line, and a
+finished job that raised a health warning (e.g. EBGAN's mode collapse) shows the first. Written as
 markdown to stdout and as ``report.md`` / ``report.csv`` in the sweep dir.
 
     ebmrun-report outputs/multirun/2026-11-25_10-00-00_ab12cd
@@ -38,6 +39,7 @@ class JobRow:
     objective_name: str | None = None
     objective: float | None = None
     error: str = ""
+    warning: str = ""  # the first health warning of a finished job (its metrics.json)
 
 
 def _flatten(values: dict, prefix: str = "") -> dict[str, float]:
@@ -62,6 +64,7 @@ def read_job(job_dir: Path) -> JobRow:
         row.status = "ok"
         objective = metrics.pop("objective", None) or {}
         metrics.pop("tables", None)
+        row.warning = next(iter(metrics.pop("warnings", None) or []), "")
         row.metrics = _flatten(metrics)
         row.objective_name = objective.get("name")
         value = objective.get("value")
@@ -110,9 +113,11 @@ def _fmt(value: float | None) -> str:
 
 def table(rows: list[JobRow], metrics: list[str]) -> tuple[list[str], list[list[str]]]:
     objective = next((r.objective_name for r in rows if r.objective_name), "objective")
-    header = ["job", "status", "overrides", f"objective ({objective})", *metrics, "error"]
+    header = ["job", "status", "overrides", f"objective ({objective})", *metrics,
+              "error / warning"]
     body = [[r.name.split("_", 1)[0], r.status, " ".join(r.overrides), _fmt(r.objective),
-             *[_fmt(r.metrics.get(m)) for m in metrics], r.error] for r in rows]
+             *[_fmt(r.metrics.get(m)) for m in metrics],
+             r.error or (f"warning: {r.warning}" if r.warning else "")] for r in rows]
     return header, body
 
 
@@ -127,10 +132,12 @@ def csv_text(rows: list[JobRow]) -> str:
     names = sorted({k for r in rows for k in r.metrics})
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["job", "status", "overrides", "objective_name", "objective", *names, "error"])
+    writer.writerow(["job", "status", "overrides", "objective_name", "objective", *names, "error",
+                     "warning"])
     for r in rows:
         writer.writerow([r.name, r.status, " ".join(r.overrides), r.objective_name or "",
-                         _fmt(r.objective), *[_fmt(r.metrics.get(n)) for n in names], r.error])
+                         _fmt(r.objective), *[_fmt(r.metrics.get(n)) for n in names], r.error,
+                         r.warning])
     return out.getvalue()
 
 

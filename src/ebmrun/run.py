@@ -168,7 +168,8 @@ def finish(run: RunState, wall: float, images_seen: int) -> dict:
                "steps": run.step, "epochs": run.step / run.batches.batches_per_epoch,
                "wall_time_s": run.elapsed_before + wall,
                "images_per_s": images_seen / max(wall, 1e-9), **run.scalars,
-               **run.last_quality, **{f"eval/{k}": v for k, v in run.last_eval.items()}}
+               **run.last_quality, **{f"eval/{k}": v for k, v in run.last_eval.items()},
+               "warnings": list(run.warnings)}  # the health watch's (callbacks.health)
     if run.signal:
         run.logger.close()
         raise UserError(f"interrupted by signal {run.signal} at step {run.step}; checkpoint "

@@ -52,6 +52,7 @@ class RunState:
     scalars: dict[str, float] = field(default_factory=dict)  # last logged averages
     last_eval: dict[str, float] = field(default_factory=dict)
     last_quality: dict[str, float] = field(default_factory=dict)  # the quality probe's last
+    warnings: list[str] = field(default_factory=list)  # health warnings ("step N: ...")
     signal: int | None = None           # SIGINT/SIGTERM caught: checkpoint and stop
     diverged: str | None = None         # this step's divergence reason (agreed by all ranks)
     timed_out: bool = False             # the wall-clock budget is spent (agreed)

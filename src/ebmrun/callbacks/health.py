@@ -4,8 +4,9 @@ Every ``trainer.log_every`` steps (just after :class:`~ebmrun.callbacks.scalars.
 has averaged the window into ``run.scalars``) the objective's
 :meth:`~ebmrun.objectives.base.Objective.health_warning` reads those averages. A message
 is printed as ``ebmrun: warning: step N: ...`` (through tqdm, so a progress bar is not
-torn) and written to TensorBoard's Text tab under ``warnings``. The run goes on: the
-warning tells the user early, it does not decide for them.
+torn), written to TensorBoard's Text tab under ``warnings`` and kept for the run's
+``metrics.json`` (``warnings``, which ``ebmrun-report`` shows per sweep job). The run goes
+on: the warning tells the user early, it does not decide for them.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class HealthWatch(Callback):
         if message is None:
             return
         self.warned = True
+        run.warnings.append(f"step {run.step}: {message}")
         if ddp.is_main():
             tqdm.write(f"ebmrun: warning: step {run.step}: {message}", file=sys.stderr)
         run.logger.text("warnings", f"step {run.step}: {message}", run.step)
