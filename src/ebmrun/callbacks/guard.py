@@ -33,7 +33,8 @@ class DivergenceCallback(Callback):
             return None
         failed_step = run.step
         if not guard.can_roll_back(ckpt.exists()):
-            run.logger.text("divergence", f"step {failed_step}: {reason}; stopped", failed_step)
+            run.logger.text("divergence", f"step {failed_step}: {reason}; stopped", failed_step,
+                            code=False)
             run.logger.close()
             raise guard.give_up(reason, failed_step, ckpt)
         run.restore(load_checkpoint(run.run_dir), rollback=True)
@@ -44,6 +45,6 @@ class DivergenceCallback(Callback):
         run.open_logger(purge_step=run.step)
         run.logger.scalars({"divergence/rollbacks": guard.rollbacks}, run.step)
         run.logger.text("divergence", f"step {failed_step}: {reason}; rolled back to step "
-                        f"{run.step}, learning rates x{guard.lr_factor}", run.step)
+                        f"{run.step}, learning rates x{guard.lr_factor}", run.step, code=False)
         self.rewind(run)
         return True

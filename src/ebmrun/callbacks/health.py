@@ -35,4 +35,4 @@ class HealthWatch(Callback):
         run.warnings.append(f"step {run.step}: {message}")
         if ddp.is_main():
             tqdm.write(f"ebmrun: warning: step {run.step}: {message}", file=sys.stderr)
-        run.logger.text("warnings", f"step {run.step}: {message}", run.step)
+        run.logger.text("warnings", f"step {run.step}: {message}", run.step, code=False)

@@ -150,9 +150,13 @@ class RunLogger:
 
             self.image("energy/data_vs_samples", energy_histograms(pair), step)
 
-    def text(self, name: str, text: str, step: int = 0) -> None:
-        # Markdown: indent by four spaces so YAML shows as a code block.
-        self.writer.add_text(name, "    " + text.replace("\n", "\n    "), step)
+    def text(self, name: str, text: str, step: int = 0, code: bool = True) -> None:
+        """Text in the Text tab. ``code``: indented by four spaces, so Markdown shows it as a
+        code block (YAML keeps its layout); otherwise a paragraph that wraps (one-line
+        notes and warnings, which a code block shows on one scrolling line)."""
+        if code:
+            text = "    " + text.replace("\n", "\n    ")
+        self.writer.add_text(name, text, step)
 
     # --- HParams -------------------------------------------------------------------------
     def start_session(self, hparams: Mapping[str, Any]) -> None:
