@@ -53,9 +53,8 @@ def margin_loss(e_real: Tensor, e_fake: Tensor, margin: float) -> tuple[Tensor, 
 
 # A collapsed generator, as measured (README "Model zoo"): every G(z) is one image (the
 # codes are parallel, PT -> 1) and no fake lies inside the margin, so D only pushes data
-# energies down. G's tanh output is then saturated at every pixel (its gradient ~0) and no
-# such run recovered (seeds 7 and 8 of ebgan_mnist: flagged by step 200 / 700, run on to
-# 3,000). No window of ~25 healthy 5,000-step runs met both bounds at once.
+# energies down. No such run recovered (seeds 7 and 8 of ebgan_mnist: flagged by step
+# 200 / 700, run on to 3,000). No window of ~25 healthy 5,000-step runs met both bounds.
 COLLAPSED_PT = 0.98
 COLLAPSED_HINGE_ACTIVE = 0.01
 
