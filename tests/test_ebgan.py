@@ -322,3 +322,8 @@ def test_the_runner_prints_a_health_warning_once(tmp_path: Path, data_root: Path
     assert err.count("ebmrun: warning:") == 1 and "ebmrun: warning: step 2: test collapse" in err
     events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0}).Reload()
     assert "warnings/text_summary" in events.Tags()["tensors"]
+    # Resumed, the run keeps its warning and does not print it again.
+    resumed = train(compose_config([*TINY_EBGAN, "trainer.max_steps=6"]), tmp_path,
+                    resume_ckpt=load_checkpoint(tmp_path))
+    assert resumed["steps"] == 6 and resumed["warnings"] == metrics["warnings"]
+    assert "ebmrun: warning:" not in capsys.readouterr().err

@@ -4,7 +4,7 @@ Checkpoint payload (``last.pt``): ``config`` (the composed config as a dict), ``
 ``model``, ``objective`` (replay buffer, ...), ``optimizers``, ``schedulers`` (one per
 parameter group), ``ema`` (with ``optim.ema``), ``step``, ``epoch``, ``batches`` (data
 order), ``rng`` (torch + sampler generator), ``elapsed_s``, ``divergence``,
-``last_scalars``.
+``last_scalars``, ``warnings``.
 """
 
 from __future__ import annotations
@@ -145,6 +145,7 @@ def prepare(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None
         run.logger.text("config", OmegaConf.to_yaml(cfg))
     else:
         run.scalars = dict(resume_ckpt.get("last_scalars", {}))
+        run.warnings = list(resume_ckpt.get("warnings", []))  # the health watch's, so far
     return run, updater
 
 

@@ -80,7 +80,7 @@ class RunState:
                    "schedulers": [s.state_dict() for s in self.schedules], "step": self.step,
                    "epoch": self.batches.epoch, "batches": self.batches.state_dict(),
                    "rng": rng, "elapsed_s": self.elapsed(), "divergence": self.guard.state_dict(),
-                   "last_scalars": dict(self.scalars)}
+                   "last_scalars": dict(self.scalars), "warnings": list(self.warnings)}
         if self.ema is not None:
             payload["ema"] = self.ema.state_dict()
         return payload

@@ -25,6 +25,10 @@ class HealthWatch(Callback):
         self.every = every
         self.warned = False
 
+    def on_start(self, run: RunState) -> None:
+        # A resumed run that warned before keeps its warning (from the checkpoint): once.
+        self.warned = bool(run.warnings)
+
     def on_step(self, run: RunState, x: torch.Tensor, out: dict) -> None:
         if self.warned or not run.due(self.every) or not run.scalars:
             return
