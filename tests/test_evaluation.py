@@ -220,4 +220,3 @@ def test_report_shows_a_finished_jobs_health_warning(tmp_path: Path) -> None:
     text = markdown(*table(rows, ["loss"]))
     assert "warning: step 200: the generator has collapsed" in text and "later" not in text
     assert csv_text(rows).splitlines()[0].endswith(",error,warning")
-

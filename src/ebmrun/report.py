@@ -4,8 +4,8 @@ Each job dir of a multirun holds ``.hydra/overrides.yaml`` (what the job changed
 it finished, ``metrics.json`` (with the objective metric the sweep optimises), or
 ``error.txt`` when it failed. The table lists every job: its overrides, status, the
 objective and the chosen metrics; failed jobs go last with their error line, and a
-finished job that raised a health warning (e.g. EBGAN's mode collapse) shows the first. Written as
-markdown to stdout and as ``report.md`` / ``report.csv`` in the sweep dir.
+finished job that raised a health warning (e.g. EBGAN's mode collapse) shows the first.
+Written as markdown to stdout and as ``report.md`` / ``report.csv`` in the sweep dir.
 
     ebmrun-report outputs/multirun/2026-11-25_10-00-00_ab12cd
     ebmrun-report <dir> --metrics final/loss,eval/samples/frechet --maximize

@@ -23,20 +23,16 @@ from ebmrun.callbacks.base import Callback, RunState
 class HealthWatch(Callback):
     def __init__(self, every: int) -> None:
         self.every = every
-        self.warned = False
-
-    def on_start(self, run: RunState) -> None:
-        # A resumed run that warned before keeps its warning (from the checkpoint): once.
-        self.warned = bool(run.warnings)
 
     def on_step(self, run: RunState, x: torch.Tensor, out: dict) -> None:
-        if self.warned or not run.due(self.every) or not run.scalars:
+        # Once per run: ``run.warnings`` also holds a resumed run's earlier warning.
+        if run.warnings or not run.due(self.every) or not run.scalars:
             return
         message = run.parts.objective.health_warning(run.scalars)
         if message is None:
             return
-        self.warned = True
-        run.warnings.append(f"step {run.step}: {message}")
+        line = f"step {run.step}: {message}"
+        run.warnings.append(line)
         if ddp.is_main():
-            tqdm.write(f"ebmrun: warning: step {run.step}: {message}", file=sys.stderr)
-        run.logger.text("warnings", f"step {run.step}: {message}", run.step, code=False)
+            tqdm.write(f"ebmrun: warning: {line}", file=sys.stderr)
+        run.logger.text("warnings", line, run.step, code=False)
