@@ -314,7 +314,7 @@ def test_the_runner_prints_a_health_warning_once(tmp_path: Path, data_root: Path
                                                  capsys, monkeypatch) -> None:
     monkeypatch.setattr(EBGANObjective, "health_warning",
                         lambda self, window: f"test collapse, pt={window['pt']:.2f}")
-    metrics = train(compose_config(TINY_EBGAN), tmp_path)
+    metrics = train(compose_config([*TINY_EBGAN, "trainer.health_restarts=0"]), tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert len(saved["warnings"]) == 1 and saved["warnings"] == metrics["warnings"]
     assert saved["warnings"][0].startswith("step 2: test collapse, pt=")
@@ -323,7 +323,66 @@ def test_the_runner_prints_a_health_warning_once(tmp_path: Path, data_root: Path
     events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0}).Reload()
     assert "warnings/text_summary" in events.Tags()["tensors"]
     # Resumed, the run keeps its warning and does not print it again.
-    resumed = train(compose_config([*TINY_EBGAN, "trainer.max_steps=6"]), tmp_path,
-                    resume_ckpt=load_checkpoint(tmp_path))
+    resumed = train(compose_config([*TINY_EBGAN, "trainer.max_steps=6",
+                                    "trainer.health_restarts=0"]),
+                    tmp_path, resume_ckpt=load_checkpoint(tmp_path))
     assert resumed["steps"] == 6 and resumed["warnings"] == metrics["warnings"]
     assert "ebmrun: warning:" not in capsys.readouterr().err
+
+
+def _warn_first_calls(monkeypatch, calls: int) -> None:
+    """EBGAN's health watch names a collapse at its first ``calls`` checks, then none."""
+    seen = []
+
+    def warning(self, window):
+        seen.append(1)
+        return "test collapse" if len(seen) <= calls else None
+
+    monkeypatch.setattr(EBGANObjective, "health_warning", warning)
+
+
+def test_a_flagged_run_restarts_as_the_next_seed(tmp_path: Path, data_root: Path, capsys,
+                                                 monkeypatch) -> None:
+    """The family default (health_restarts: 2): the attempt flagged at step 2 is set aside,
+    the run trains again from step 0 as seed 1,000,000 and ends exactly as that seed alone."""
+    _warn_first_calls(monkeypatch, 1)
+    metrics = train(compose_config(TINY_EBGAN), tmp_path / "run")
+    run = tmp_path / "run"
+    assert metrics["steps"] == 4 and metrics["restarts"] == 1
+    (line,) = metrics["warnings"]
+    assert line.startswith("step 2: test collapse; restarting from a fresh initialisation as "
+                           "seed=1000000 (restart 1 of 2;")
+    assert capsys.readouterr().err.count("ebmrun: warning:") == 1
+    aside = run / "restarted" / "seed_0"
+    assert "seed: 0" in (aside / "config.yaml").read_text()
+    assert load_checkpoint(aside)["step"] == 2 and list(aside.glob("events.out.tfevents*"))
+    assert "seed: 1000000" in (run / "config.yaml").read_text()
+    ckpt = load_checkpoint(run)
+    assert ckpt["restarts"] == 1 and ckpt["warnings"] == [line]
+    assert json.loads((run / "metrics.json").read_text())["restarts"] == 1
+    # The Text tab of the attempt that finished says why it exists.
+    events = EventAccumulator(str(run), size_guidance={"tensors": 0}).Reload()
+    assert "warnings/text_summary" in events.Tags()["tensors"]
+    # seed=1000000 alone trains the same weights, bit for bit.
+    _warn_first_calls(monkeypatch, 0)
+    alone = tmp_path / "alone"
+    train(compose_config([*TINY_EBGAN, "seed=1000000"]), alone)
+    for key, value in load_checkpoint(alone)["model"].items():
+        assert torch.equal(value, ckpt["model"][key]), key
+    # A sweep resumes a job with its own config (seed 0): the attempt keeps its seed.
+    resumed = train(compose_config([*TINY_EBGAN, "trainer.max_steps=6"]), run,
+                    resume_ckpt=ckpt)
+    assert resumed["steps"] == 6 and resumed["restarts"] == 1 and resumed["warnings"] == [line]
+    assert "seed: 1000000" in (run / "config.yaml").read_text()
+
+
+def test_a_run_out_of_restarts_warns_and_goes_on(tmp_path: Path, data_root: Path,
+                                                 monkeypatch) -> None:
+    _warn_first_calls(monkeypatch, 99)
+    metrics = train(compose_config([*TINY_EBGAN, "trainer.health_restarts=1"]), tmp_path)
+    assert metrics["steps"] == 4 and metrics["restarts"] == 1
+    first, last = metrics["warnings"]
+    assert "seed=1000000 (restart 1 of 1;" in first
+    assert last == "step 2: test collapse"  # no restart left: the run goes on
+    assert "seed: 1000000" in (tmp_path / "config.yaml").read_text()
+    assert sorted(p.name for p in (tmp_path / "restarted").iterdir()) == ["seed_0"]

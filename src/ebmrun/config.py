@@ -62,6 +62,8 @@ class TrainerConfig:
     objective_metric: str = "loss"
     progress: bool = True
     on_divergence: str = "stop"              # stop | rollback
+    # Fresh starts (another seed) when the health watch names a failure; the family's default
+    health_restarts: int = "${model.health_restarts}"  # type: ignore[assignment]
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
 
 
@@ -159,9 +161,10 @@ class SweepConfig:
 class ModelConfig:
     """A model family: its network (``net``), its training recipe (``objective``), the
     family's defaults of ``trainer.max_steps``, ``trainer.batch_size``,
-    ``trainer.grad_clip``, ``optim.schedule`` and ``optim.ema`` (a command-line
-    ``trainer.*`` / ``optim.*`` still wins), and per-parameter-group overrides of
-    ``optim.*`` / ``grad_clip`` (``optim: {<group>: {schedule: warmup_cosine, ...}}``)."""
+    ``trainer.grad_clip``, ``trainer.health_restarts``, ``optim.schedule`` and
+    ``optim.ema`` (a command-line ``trainer.*`` / ``optim.*`` still wins), and
+    per-parameter-group overrides of ``optim.*`` / ``grad_clip``
+    (``optim: {<group>: {schedule: warmup_cosine, ...}}``)."""
 
     name: str = MISSING
     net: Any = MISSING
@@ -171,6 +174,7 @@ class ModelConfig:
     grad_clip: Optional[float] = 0.1  # families that clip nothing set null in their yaml
     schedule: str = "exponential"     # the family's default of optim.schedule
     ema: Optional[float] = None       # the family's default of optim.ema
+    health_restarts: int = 0          # and of trainer.health_restarts (0: warn, go on)
     optim: Any = None
 
 
@@ -226,6 +230,7 @@ VALUE_CHECKS: list[tuple[str, Any, str]] = [
     ("trainer.divergence.max_abs_energy", lambda v: v is None or v > 0, "null or > 0"),
     ("trainer.divergence.lr_factor", lambda v: 0 < v < 1, "in (0, 1)"),
     ("trainer.divergence.max_rollbacks", lambda v: v >= 0, "an integer >= 0"),
+    ("trainer.health_restarts", lambda v: v >= 0, "an integer >= 0"),
     ("optim.lr", _positive, "a number > 0"),
     ("optim.lr_decay", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("optim.schedule", lambda v: v in SCHEDULES, " | ".join(SCHEDULES)),

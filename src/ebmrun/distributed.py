@@ -200,6 +200,16 @@ def agree(reason: str | None, timed_out: bool, signal: int | None
     return reason, bool(timed_out), signal or None
 
 
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is set on any rank (one all-reduce; every rank must call it)."""
+    if world_size() == 1:
+        return flag
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 class _Silent:
     """Stands in for a RunLogger (and its writer) on ranks > 0: every call does nothing."""
 

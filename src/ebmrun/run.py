@@ -4,7 +4,7 @@ Checkpoint payload (``last.pt``): ``config`` (the composed config as a dict), ``
 ``model``, ``objective`` (replay buffer, ...), ``optimizers``, ``schedulers`` (one per
 parameter group), ``ema`` (with ``optim.ema``), ``step``, ``epoch``, ``batches`` (data
 order), ``rng`` (torch + sampler generator), ``elapsed_s``, ``divergence``,
-``last_scalars``, ``warnings``.
+``last_scalars``, ``warnings``, ``restarts``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ebmrun.logging.hparams import run_hparams
 from ebmrun.optimization import Schedule, Updater, check_groups, group_settings
 from ebmrun.outputs import write_sample_files
 from ebmrun.progress import phase
+from ebmrun.restarts import Restarts, next_attempt_config, set_aside, with_seed
 
 
 class StopRequested:
@@ -63,9 +64,12 @@ def total_steps(cfg: DictConfig, batches_per_epoch: int) -> float:
     return min((v for v in limits if v is not None), default=math.inf)
 
 
-def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> dict:
-    """Train ``cfg.model`` on ``cfg.dataset``; returns the final metrics dict."""
-    run, updater = prepare(cfg, run_dir, resume_ckpt)
+def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None,
+          restarts: Restarts | None = None) -> dict:
+    """Train ``cfg.model`` on ``cfg.dataset``; returns the final metrics dict. A run the
+    health watch restarts trains again here from step 0 with the next seed (``restarts``:
+    what the earlier attempts leave it; see :mod:`ebmrun.restarts`)."""
+    run, updater = prepare(cfg, run_dir, resume_ckpt, restarts)
     callbacks = default_callbacks(cfg, rewind=lambda r: [c.on_rewind(r) for c in callbacks])
     train_set, images_seen = run.data.train.to(run.parts.device), 0
     labels = (run.data.train_labels.to(run.parts.device) if run.parts.objective.uses_labels
@@ -91,17 +95,27 @@ def train(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None = None) -> di
                                                                 stop.signal)
             stop.signal = run.signal
             undone = any(callback.on_step(run, x, out) for callback in callbacks)
-            if run.signal and not undone:
+            if (run.signal and not undone) or run.restart:
                 break
     for callback in callbacks:
         callback.on_end(run)
+    if run.restart and not run.signal:
+        run.logger.close()
+        if ddp.is_main():
+            set_aside(run_dir, run.cfg.seed)
+        return train(next_attempt_config(run.cfg), run_dir,
+                     restarts=Restarts(run.restarts + 1, list(run.warnings)))
     return finish(run, time.perf_counter() - run.t_start, images_seen)
 
 
-def prepare(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None
-            ) -> tuple[RunState, Updater]:
-    """Build the run (restored from ``resume_ckpt``), refuse a resume with nothing left to
-    do, write ``config.yaml`` and open the logger; returns the state and the updater."""
+def prepare(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None,
+            restarts: Restarts | None = None) -> tuple[RunState, Updater]:
+    """Build the run (restored from ``resume_ckpt``, or a fresh attempt after
+    ``restarts``), refuse a resume with nothing left to do, write ``config.yaml`` and open
+    the logger; returns the state and the updater."""
+    if resume_ckpt is not None and resume_ckpt.get("restarts"):
+        # A restarted attempt goes on with its own seed (a sweep resumes with the job's).
+        cfg = with_seed(cfg, resume_ckpt["config"]["seed"])
     data = load_data(cfg)
     info = data_info_of(data)
     parts = build_components(cfg, info)
@@ -145,7 +159,13 @@ def prepare(cfg: DictConfig, run_dir: Path, resume_ckpt: dict | None
         run.logger.text("config", OmegaConf.to_yaml(cfg))
     else:
         run.scalars = dict(resume_ckpt.get("last_scalars", {}))
-        run.warnings = list(resume_ckpt.get("warnings", []))  # the health watch's, so far
+        restarts = Restarts(int(resume_ckpt.get("restarts", 0)),
+                            list(resume_ckpt.get("warnings", [])))  # the health watch's
+    if restarts is not None:
+        run.restarts, run.warnings = restarts.count, list(restarts.warnings)
+        if resume_ckpt is None:  # a fresh attempt: its Text tab says why it exists
+            for line in run.warnings:
+                run.logger.text("warnings", line, 0, code=False)
     return run, updater
 
 
@@ -170,7 +190,8 @@ def finish(run: RunState, wall: float, images_seen: int) -> dict:
                "wall_time_s": run.elapsed_before + wall,
                "images_per_s": images_seen / max(wall, 1e-9), **run.scalars,
                **run.last_quality, **{f"eval/{k}": v for k, v in run.last_eval.items()},
-               "warnings": list(run.warnings)}  # the health watch's (callbacks.health)
+               "warnings": list(run.warnings),  # the health watch's (callbacks.health)
+               "restarts": run.restarts}  # fresh starts it caused (ebmrun.restarts)
     if run.signal:
         run.logger.close()
         raise UserError(f"interrupted by signal {run.signal} at step {run.step}; checkpoint "

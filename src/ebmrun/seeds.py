@@ -28,3 +28,14 @@ EVALUATION = Stream(7)           # samples and noise drawn by evaluation
 QUALITY = Stream(11)             # the quality probe: the same draw at every probe step
 PICTURES = Stream(0, 1_000_003)  # one per picture step: index = the step
 FINAL_SAMPLES = Stream(0)        # the samples written after training (as task=sample draws)
+
+
+# A run that the health watch restarts (``trainer.health_restarts``) trains its next attempt
+# as seed + RESTART_STRIDE: a fresh initialisation, data order and noise, and a seed the user
+# can type to run that attempt alone (seed 7 -> 1000007 -> 2000007).
+RESTART_STRIDE = 1_000_000
+
+
+def restart_seed(run_seed: int) -> int:
+    """The seed of the attempt after one trained with ``run_seed``."""
+    return run_seed + RESTART_STRIDE

@@ -53,6 +53,8 @@ class RunState:
     last_eval: dict[str, float] = field(default_factory=dict)
     last_quality: dict[str, float] = field(default_factory=dict)  # the quality probe's last
     warnings: list[str] = field(default_factory=list)  # health warnings ("step N: ...")
+    restarts: int = 0                   # fresh starts so far (ebmrun.restarts)
+    restart: bool = False               # the health watch asked for one: end this attempt
     signal: int | None = None           # SIGINT/SIGTERM caught: checkpoint and stop
     diverged: str | None = None         # this step's divergence reason (agreed by all ranks)
     timed_out: bool = False             # the wall-clock budget is spent (agreed)
@@ -80,7 +82,8 @@ class RunState:
                    "schedulers": [s.state_dict() for s in self.schedules], "step": self.step,
                    "epoch": self.batches.epoch, "batches": self.batches.state_dict(),
                    "rng": rng, "elapsed_s": self.elapsed(), "divergence": self.guard.state_dict(),
-                   "last_scalars": dict(self.scalars), "warnings": list(self.warnings)}
+                   "last_scalars": dict(self.scalars), "warnings": list(self.warnings),
+                   "restarts": self.restarts}
         if self.ema is not None:
             payload["ema"] = self.ema.state_dict()
         return payload

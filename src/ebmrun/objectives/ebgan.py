@@ -248,7 +248,8 @@ class EBGANObjective(Objective):
             return None
         return (f"the generator has collapsed to one image (pulling-away term {pt:.3f}, "
                 f"{active:.1%} of fakes inside the margin {self.margin:g}); collapsed EBGAN "
-                f"runs do not recover (fix: stop and train again with another seed=)")
+                f"runs do not recover (fix: train again with another seed=; "
+                f"trainer.health_restarts=N does that by itself)")
 
     def reference_lines(self) -> dict[str, float]:
         return {"energy/margin": self.margin}  # D(fake) >= m: the fake no longer pushes D
