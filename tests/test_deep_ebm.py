@@ -142,7 +142,7 @@ def test_shortrun_experiment_samples_with_its_training_chain() -> None:
     """experiment=deep_ebm_shortrun_mnist: no buffer, every chain from noise, and the
     sampling chain is the training chain's sampler from noise, run longer (measured best)."""
     cfg = compose_config(["experiment=deep_ebm_shortrun_mnist", "device=cpu", "sampler.steps=3"])
-    assert cfg.model.objective.buffer_size == 0 and cfg.model.objective.sample_steps == 250
+    assert cfg.model.objective.buffer_size == 0 and cfg.model.objective.sample_steps == 100
     assert cfg.optim.get("ema") is None  # the chain is trained for the live weights
     box = (-1.0, 1.0)
     parts = build_components(cfg, DataInfo((1, 28, 28), box, box))
