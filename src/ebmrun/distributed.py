@@ -191,10 +191,7 @@ def agree(reason: str | None, timed_out: bool, signal: int | None
     wall-clock budget, a caught signal. One rank's decision becomes every rank's."""
     if world_size() == 1:
         return reason, timed_out, signal
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    flags = torch.tensor([reason is not None, timed_out, signal or 0], device=device)
-    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    diverged, timed_out, signal = (int(v) for v in flags.tolist())
+    diverged, timed_out, signal = _max_over_ranks([reason is not None, timed_out, signal or 0])
     if diverged and reason is None:
         reason = "diverged on another rank"
     return reason, bool(timed_out), signal or None
@@ -204,10 +201,15 @@ def any_rank(flag: bool) -> bool:
     """Whether ``flag`` is set on any rank (one all-reduce; every rank must call it)."""
     if world_size() == 1:
         return flag
+    return bool(_max_over_ranks([flag])[0])
+
+
+def _max_over_ranks(values: list[int | bool]) -> list[int]:
+    """Each value's maximum over the ranks (one all-reduce; every rank must call it)."""
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    value = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    flags = torch.tensor([int(v) for v in values], device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return [int(v) for v in flags.tolist()]
 
 
 class _Silent:
