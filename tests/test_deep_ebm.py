@@ -143,6 +143,7 @@ def test_shortrun_experiment_samples_with_its_training_chain() -> None:
     sampling chain is the training chain's sampler from noise, run longer (measured best)."""
     cfg = compose_config(["experiment=deep_ebm_shortrun_mnist", "device=cpu", "sampler.steps=3"])
     assert cfg.model.objective.buffer_size == 0 and cfg.model.objective.sample_steps == 100
+    assert cfg.model.objective.data_noise_std == 0.03  # measured better than 0.005 (README)
     assert cfg.optim.get("ema") is None  # the chain is trained for the live weights
     box = (-1.0, 1.0)
     parts = build_components(cfg, DataInfo((1, 28, 28), box, box))
