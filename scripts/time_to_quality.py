@@ -52,6 +52,12 @@ class Ours:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             self.cfg = compose("config", overrides=overrides)
         validate_config(self.cfg)
+        if self.cfg.optim.schedule != "exponential":
+            # This loop replays only the per-epoch decay; any other schedule would be ignored.
+            print(f"time_to_quality.py: optim.schedule={self.cfg.optim.schedule} is not supported "
+                  "here (fix: time it with optim.schedule=exponential, or with the runner)",
+                  file=sys.stderr)
+            raise SystemExit(2)
         self.data = load_data(self.cfg)
         self.parts = build_components(self.cfg, data_info_of(self.data))
         self.optimizers = self.parts.objective.configure_optimizers(optim_settings(self.cfg))
