@@ -31,6 +31,7 @@ import torch
 
 from ebmrun.data.idx import load_idx_dataset
 from ebmrun.ema import EMA, maybe_applied
+from ebmrun.errors import UserError
 from ebmrun.metrics.evaluator import get_evaluator
 from ebmrun.metrics.real_floor import real_floor
 from ebmrun.metrics.sample_quality import reference_stats, sample_quality
@@ -39,7 +40,8 @@ REFERENCE = Path(__file__).resolve().parent / "reference" / "deep_ebm_straightfo
 
 
 class Ours:
-    """ebmrun's training loop step by step (the runner's step and per-epoch lr decay)."""
+    """ebmrun's training loop step by step: the runner's own updater, per-group settings
+    and schedules (so every ``optim.schedule`` and ``optim.ema`` runs as in ``ebmrun``)."""
 
     def __init__(self, overrides: list[str]) -> None:
         from hydra import compose, initialize_config_dir
@@ -47,38 +49,38 @@ class Ours:
         from ebmrun.build import (build_components, data_info_of, load_data, make_batches,
                                   optim_settings, validate_config)
         from ebmrun.cli import CONFIG_DIR
-        from ebmrun.run import training_step
+        from ebmrun.optimization import Schedule, Updater, check_groups, group_settings
+        from ebmrun.run import total_steps
 
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             self.cfg = compose("config", overrides=overrides)
         validate_config(self.cfg)
-        if self.cfg.optim.schedule != "exponential":
-            # This loop replays only the per-epoch decay; any other schedule would be ignored.
-            print(f"time_to_quality.py: optim.schedule={self.cfg.optim.schedule} is not supported "
-                  "here (fix: time it with optim.schedule=exponential, or with the runner)",
-                  file=sys.stderr)
-            raise SystemExit(2)
         self.data = load_data(self.cfg)
         self.parts = build_components(self.cfg, data_info_of(self.data))
-        self.optimizers = self.parts.objective.configure_optimizers(optim_settings(self.cfg))
-        self.schedulers = [torch.optim.lr_scheduler.ExponentialLR(o, self.cfg.optim.lr_decay)
-                           for o in self.optimizers]
+        objective = self.parts.objective
+        optimizers = objective.configure_optimizers(optim_settings(self.cfg))
+        check_groups(self.cfg, objective.groups)
+        settings = [group_settings(self.cfg, group) for group in objective.groups]
         self.batches = make_batches(self.cfg, self.data)
-        self.train_set = self.data.train.to(self.parts.device)
-        self.epoch = self.batches.epoch
-        self._step = training_step
+        # The step budget of the config places warm-up and cosine as in the runner.
+        total = total_steps(self.cfg, self.batches.batches_per_epoch)
+        self.schedules = [Schedule(o, s, total) for o, s in zip(optimizers, settings)]
         # optim.ema: samples come from the weights' moving average, as in task=sample.
         self.ema = EMA(self.parts.model, self.cfg.optim.ema) if self.cfg.optim.ema else None
+        self.updater = Updater(objective, optimizers, [s.grad_clip for s in settings],
+                               self.schedules, ema=self.ema)
+        self.train_set = self.data.train.to(self.parts.device)
+        self.epoch = self.batches.epoch
+        self.steps_done = 0
 
     def step(self) -> None:
         x = self.data.to_float(self.train_set[self.batches.next_indices().to(self.parts.device)])
-        if self.batches.epoch != self.epoch:
+        if self.batches.epoch != self.epoch:  # an epoch ended: per-epoch schedules
             self.epoch = self.batches.epoch
-            for scheduler in self.schedulers:
-                scheduler.step()
-        self._step(self.parts.objective, self.optimizers, x, self.cfg.trainer.grad_clip)
-        if self.ema is not None:
-            self.ema.update()
+            for schedule in self.schedules:
+                schedule.epoch_end()
+        self.steps_done += 1
+        self.updater(x, step=self.steps_done)
 
     def samples(self, n: int, seed: int) -> torch.Tensor:
         generator = torch.Generator(device=self.parts.device).manual_seed(seed)
@@ -187,7 +189,11 @@ def main() -> None:
     result = {"floor": round(floor, 3), "multiple": args.multiple, "target_fd": round(target, 2),
               "clock": args.clock, "threads": args.threads, "n": args.n, "ours_overrides": args.ours}
     # Built first: a config mistake shows now, not after the reference's long run.
-    ours_run = Ours(args.ours + [f"seed={args.seed}", f"device.threads={args.threads}"])
+    try:
+        ours_run = Ours(args.ours + [f"seed={args.seed}", f"device.threads={args.threads}"])
+    except UserError as error:  # a config mistake: one line, exit 2, as ebmrun itself
+        print(f"time_to_quality.py: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     if not args.skip_reference:
         result["reference"] = race("reference", Reference(root, args.seed),
                                    args.reference_minutes, args.eval_every, clock, target, score,
