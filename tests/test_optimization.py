@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,7 @@ from ebmrun.objectives.base import DataInfo
 from ebmrun.optimization import Schedule, Updater, group_settings
 from ebmrun.run import train
 
-from conftest import compose_config
+from conftest import compose_config, run_ok
 
 
 def _settings(**changes):
@@ -164,6 +167,32 @@ def test_an_ema_run_samples_from_the_ema_weights(tmp_path: Path) -> None:
     generator = torch.Generator().manual_seed(cfg.seed)
     again = parts.objective.generate(100, generator=generator, snapshot_every=32).x
     torch.testing.assert_close(torch.load(tmp_path / "samples.pt").float(), again.float())
+
+
+def test_ema_decays_script_keeps_the_plain_runs_ema_bit_for_bit(tmp_path: Path) -> None:
+    """scripts/ema_decays.py trains exactly the plain run and its kept average of decay d is
+    ``optim.ema=d``'s, so the README's EMA table compares decays on one trajectory."""
+    small = ["model=vae", "device=cpu", "device.threads=1", "trainer.max_steps=6",
+             "trainer.batch_size=16", "trainer.progress=false", "model.net.hidden=[32]",
+             "model.net.z_dim=4"]
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ema_decays.py"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    kept = subprocess.run([sys.executable, str(script), "--decays", "0.5", "0.9", "--at", "6",
+                           "--", *small, f"hydra.run.dir={tmp_path / 'kept'}"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert kept.returncode == 0, kept.stderr[-2000:]
+    run_ok([*small, "optim.ema=0.5", f"hydra.run.dir={tmp_path / 'plain'}"],
+           cwd=tmp_path)
+    plain = load_checkpoint(tmp_path / "plain")
+    half = load_checkpoint(tmp_path / "kept" / "ema_0.5_step6.pt")
+    live = load_checkpoint(tmp_path / "kept" / "live_step6.pt")
+    for key in plain["model"]:
+        assert torch.equal(half["model"][key], plain["model"][key])
+        assert torch.equal(live["model"][key], plain["model"][key])
+        assert torch.equal(half["ema"][key], plain["ema"][key])
+    assert half["config"]["optim"]["ema"] == 0.5 and "ema" not in live
+    other = load_checkpoint(tmp_path / "kept" / "ema_0.9_step6.pt")["ema"]
+    assert any(not torch.equal(other[k], half["ema"][k]) for k in other)
 
 
 @pytest.mark.parametrize("fused", [True, False])
