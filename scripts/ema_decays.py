@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
 import ebmrun.run
 from ebmrun.callbacks import Callback, RunState
-from ebmrun.checkpoint import FORMAT, VERSION, atomic_torch_save
+from ebmrun.checkpoint import save_checkpoint
 from ebmrun.cli import main as ebmrun_main
 from ebmrun.ema import EMA
 from ebmrun.errors import UserError
@@ -49,14 +48,14 @@ class KeepEMAs(Callback):
             average.update()
         if run.step in self.at:
             for decay, average in [(None, None), *self.averages.items()]:
-                payload = {"format": FORMAT, "version": VERSION, **run.payload()}
+                payload = run.payload()  # a fresh config dict each time: edited below
                 payload["config"]["optim"]["ema"] = decay
                 payload.pop("ema", None)
                 if average is not None:
                     payload["ema"] = average.state_dict()
                 name = f"live_step{run.step}.pt" if decay is None else \
                     f"ema_{decay:g}_step{run.step}.pt"
-                atomic_torch_save(payload, Path(run.run_dir) / name)
+                save_checkpoint(payload, run.run_dir, name)
 
 
 def main() -> None:

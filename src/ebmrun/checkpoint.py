@@ -62,13 +62,14 @@ def atomic_write_json(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def save_checkpoint(payload: dict, run_dir: Path) -> Path:
-    """Write ``payload`` (see :func:`ebmrun.run` for the keys) as ``run_dir/last.pt``."""
-    path = Path(run_dir) / CKPT_NAME
+def save_checkpoint(payload: dict, run_dir: Path, name: str = CKPT_NAME) -> Path:
+    """Write ``payload`` (see :func:`ebmrun.run` for the keys) as ``run_dir/name``
+    (``last.pt``; scripts may keep others beside it)."""
+    path = Path(run_dir) / name
     atomic_torch_save({"format": FORMAT, "version": VERSION, **payload}, path)
     # A process killed mid-write leaves its temp file behind; the new checkpoint is
     # complete now, so those leftovers can go.
-    for stale in path.parent.glob(f".{CKPT_NAME}.*.tmp"):
+    for stale in path.parent.glob(f".{name}.*.tmp"):
         stale.unlink(missing_ok=True)
     return path
 
