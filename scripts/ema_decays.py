@@ -4,9 +4,11 @@
         experiment=deep_ebm_shortrun_mnist device.threads=1 seed=3
     ebmrun task=eval ckpt=<run dir>/ema_0.99_step4000.pt eval.ood=[] eval.sample_draws=3
 
-Runs ``ebmrun <overrides>`` as typed, with one more callback. The extra averages only read
-the weights after each step (no RNG, no training state), so the run is the plain run, bit
-for bit, and an EMA here equals ``optim.ema=<decay>`` of that run. At each step in ``--at``
+Runs ``ebmrun <overrides>`` as typed, with one more callback (this file's
+:class:`KeepEMAs`, added through ``trainer.callbacks``, the runner's hook for side jobs).
+The extra averages only read the weights after each step (no RNG, no training state), so
+the run is the plain run, bit for bit, and an EMA here equals ``optim.ema=<decay>`` of
+that run. At each step in ``--at``
 it writes, beside ``last.pt``, one complete checkpoint per decay,
 ``ema_<decay>_step<N>.pt`` (the live weights of step N with that decay's average as its
 EMA), and ``live_step<N>.pt`` (no EMA: samples from the live weights). ``task=sample`` and
@@ -22,7 +24,6 @@ import sys
 
 import torch
 
-import ebmrun.run
 from ebmrun.callbacks import Callback, RunState
 from ebmrun.checkpoint import save_checkpoint
 from ebmrun.cli import main as ebmrun_main
@@ -33,8 +34,8 @@ from ebmrun.errors import UserError
 class KeepEMAs(Callback):
     """An :class:`~ebmrun.ema.EMA` per decay, saved as checkpoints at the chosen steps."""
 
-    def __init__(self, decays: list[float], at: set[int]) -> None:
-        self.decays, self.at = decays, at
+    def __init__(self, decays: list[float], at: list[int]) -> None:
+        self.decays, self.at = decays, set(at)
         self.averages: dict[float, EMA] = {}
 
     def on_start(self, run: RunState) -> None:
@@ -50,6 +51,8 @@ class KeepEMAs(Callback):
             for decay, average in [(None, None), *self.averages.items()]:
                 payload = run.payload()  # a fresh config dict each time: edited below
                 payload["config"]["optim"]["ema"] = decay
+                # Without this callback: the file resumes or scores with plain ebmrun.
+                payload["config"]["trainer"]["callbacks"].pop("keep_emas", None)
                 payload.pop("ema", None)
                 if average is not None:
                     payload["ema"] = average.state_dict()
@@ -66,11 +69,10 @@ def main() -> None:
     args = parser.parse_args()
     if not all(0 < d < 1 for d in args.decays):
         parser.error(f"every decay must be in (0, 1), got {args.decays}")
-    keep = KeepEMAs(args.decays, set(args.at))
-    plain = ebmrun.run.default_callbacks
-    # The runner builds its callbacks through this name: add ours after the plain ones.
-    ebmrun.run.default_callbacks = lambda cfg, rewind: [*plain(cfg, rewind=rewind), keep]
-    ebmrun_main(args.overrides)
+    keep = "+trainer.callbacks.keep_emas"
+    ebmrun_main([*args.overrides, f"{keep}._target_=__main__.KeepEMAs",
+                 f"{keep}.decays=[{','.join(map(str, args.decays))}]",
+                 f"{keep}.at=[{','.join(map(str, args.at))}]"])
 
 
 if __name__ == "__main__":

@@ -52,6 +52,15 @@ CASES: list[tuple[str, list[str], str]] = [
     ("bad divergence policy", ["trainer.on_divergence=panic"], "trainer.on_divergence"),
     ("bad ood set", ["eval.ood=[cats]"], "eval.ood"),
     ("sweep resume without -m", ["sweep.resume=true"], "sweep.resume=true resumes a multirun"),
+    # the user's own callbacks (trainer.callbacks)
+    ("callback not importable", ["+trainer.callbacks.x._target_=nope.Nope"],
+     "trainer.callbacks.x._target_=nope.Nope cannot be imported"),
+    ("callback that is no Callback", ["+trainer.callbacks.x._target_=ebmrun.ema.EMA"],
+     "is not a Callback"),
+    ("callback not a node", ["+trainer.callbacks.x=3"], "trainer.callbacks.x=3 is not a callback"),
+    ("callback key misspelt", ["+trainer.callbacks.x._target_=ebmrun.callbacks.pictures.Pictures",
+                               "+trainer.callbacks.x.evry=3"],
+     "did you mean trainer.callbacks.x.every?"),
     # checkpoints
     ("sample without ckpt", ["task=sample"], "task=sample needs a checkpoint"),
     ("sample.n = 0", ["task=sample", "ckpt={ckpt}", "sample.n=0"], "sample.n=0 is invalid"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,6 +58,24 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     return True
 
 
+def target_of(node: DictConfig, where: str, fix: str = "check the class path") -> Any:
+    """The class or function a ``_target_`` node names, or a one-line :class:`UserError`
+    (``fix``: its advice when the path does not import)."""
+    target_path = node.get("_target_")
+    if target_path is None:
+        raise UserError(f"{where} has no _target_ (fix: pick a config from the {where} group)")
+    # Hydra logs a multi-line error before re-raising; the user gets our one line instead.
+    hydra_log = logging.getLogger("hydra.utils")
+    was_disabled, hydra_log.disabled = hydra_log.disabled, True
+    try:
+        return hydra.utils.get_object(target_path)
+    except Exception:
+        raise UserError(f"{where}._target_={target_path} cannot be imported "
+                        f"(fix: {fix})") from None
+    finally:
+        hydra_log.disabled = was_disabled
+
+
 def check_target_node(node: DictConfig, where: str, injected: Sequence[str] = ()) -> None:
     """Check a ``_target_`` node's keys and value types against the target's signature.
 
@@ -65,14 +84,7 @@ def check_target_node(node: DictConfig, where: str, injected: Sequence[str] = ()
     if not isinstance(node, DictConfig):
         raise UserError(f"{where}={node!r} is not a config node (fix: pick an option of the "
                         f"{where.split('.')[0]} group, or set keys as {where}.<key>=<value>)")
-    target_path = node.get("_target_")
-    if target_path is None:
-        raise UserError(f"{where} has no _target_ (fix: pick a config from the {where} group)")
-    try:
-        target = hydra.utils.get_object(target_path)
-    except Exception:
-        raise UserError(f"{where}._target_={target_path} cannot be imported "
-                        f"(fix: check the class path)") from None
+    target = target_of(node, where)
     signature = inspect.signature(target)
     try:
         hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)

@@ -65,6 +65,9 @@ class TrainerConfig:
     # Fresh starts (another seed) when the health watch names a failure; the family's default
     health_restarts: int = "${model.health_restarts}"  # type: ignore[assignment]
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
+    # Your own side jobs of the loop, without editing ebmrun: name -> {_target_: a subclass
+    # of ebmrun.callbacks.Callback, its arguments}. See ebmrun.callbacks.user_callbacks.
+    callbacks: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ebmrun import sweeps
 from ebmrun.build import load_data, validate_config
+from ebmrun.callbacks import check_user_callbacks
 from ebmrun.checkpoint import load_checkpoint
 from ebmrun.config import CONFIG_DIR, merge_overrides
 from ebmrun.errors import UserError
@@ -278,4 +279,5 @@ def preflight(argv: list[str], loaded: dict[str, dict] | None = None) -> list[st
         return [] if own_dir else [f"hydra.run.dir={pattern}"]
     validate_config(cfg)
     check_objective_metric(cfg)
+    check_user_callbacks(cfg)
     return []

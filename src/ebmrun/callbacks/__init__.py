@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig
 
+from ebmrun.build import check_target_node, instantiate, target_of
 from ebmrun.callbacks.base import Callback, RunState
 from ebmrun.callbacks.budget import TimeBudget
 from ebmrun.callbacks.checkpointing import Checkpointer
@@ -17,8 +18,10 @@ from ebmrun.callbacks.pictures import Pictures
 from ebmrun.callbacks.progress import Progress
 from ebmrun.callbacks.quality import QualityProbe
 from ebmrun.callbacks.scalars import ScalarLogger
+from ebmrun.errors import UserError
 
-__all__ = ["Callback", "RunState", "default_callbacks"]
+__all__ = ["Callback", "RunState", "check_user_callbacks", "default_callbacks",
+           "user_callbacks"]
 
 
 def default_callbacks(cfg: DictConfig, rewind: Callable[[RunState], None]) -> list[Callback]:
@@ -31,5 +34,37 @@ def default_callbacks(cfg: DictConfig, rewind: Callable[[RunState], None]) -> li
             Diagnostics(trainer.log_every),
             Pictures(trainer.image_every), PeriodicEval(cfg.eval.every),
             QualityProbe(trainer.quality_every, trainer.quality_samples, trainer.quality_steps),
+            *user_callbacks(cfg),
             Checkpointer(trainer.ckpt_every),
             Progress(trainer.progress, trainer.max_minutes, trainer.log_every)]
+
+
+def user_callbacks(cfg: DictConfig) -> list[Callback]:
+    """The callbacks of ``trainer.callbacks`` (name -> ``{_target_: <Callback subclass>,
+    <its arguments>}``), built in the order they are listed. They run after the built-in
+    jobs that read the step (scalars, pictures, evaluation) and before the checkpoint, on
+    every DDP rank; a resumed run builds them afresh (their state is not checkpointed)::
+
+        ebmrun ... +trainer.callbacks.mine._target_=my_module.MyCallback
+    """
+    check_user_callbacks(cfg)
+    return [instantiate(node, f"trainer.callbacks.{name}")
+            for name, node in cfg.trainer.callbacks.items()]
+
+
+def check_user_callbacks(cfg: DictConfig) -> None:
+    """Pre-flight for ``trainer.callbacks``: each entry's ``_target_`` imports, is a
+    :class:`Callback` subclass and gets only arguments it takes."""
+    for name, node in cfg.trainer.callbacks.items():
+        where = f"trainer.callbacks.{name}"
+        if not isinstance(node, DictConfig):
+            raise UserError(f"{where}={node!r} is not a callback node (fix: "
+                            f"+{where}._target_=<module.CallbackClass>, then its arguments "
+                            f"as +{where}.<key>=<value>)")
+        # The usual cause of an import error here: a module of one's own, not on the path.
+        target = target_of(node, where, fix="check the class path; a module of your own must "
+                                            "be importable: PYTHONPATH=<its folder> ebmrun ...")
+        if not (isinstance(target, type) and issubclass(target, Callback)):
+            raise UserError(f"{where}._target_={node._target_} is not a Callback (fix: "
+                            f"subclass ebmrun.callbacks.Callback, see its on_start / on_step)")
+        check_target_node(node, where)
