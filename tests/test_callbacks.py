@@ -28,7 +28,7 @@ class WriteSteps(Callback):
                                                          "losses": self.losses}))
 
 
-def test_a_callback_from_the_config_runs_every_step_after_the_scalars(
+def test_a_callback_from_the_config_runs_at_its_steps_after_the_scalars(
         tmp_path: Path) -> None:
     cfg = compose_config([*TINY, "+trainer.callbacks.mine._target_=test_callbacks.WriteSteps",
                           "+trainer.callbacks.mine.name=seen.json",
