@@ -8,10 +8,9 @@ Runs ``ebmrun <overrides>`` as typed, with one more callback (this file's
 :class:`KeepEMAs`, added through ``trainer.callbacks``, the runner's hook for side jobs).
 The extra averages only read the weights after each step (no RNG, no training state), so
 the run is the plain run, bit for bit, and an EMA here equals ``optim.ema=<decay>`` of
-that run. At each step in ``--at``
-it writes, beside ``last.pt``, one complete checkpoint per decay,
-``ema_<decay>_step<N>.pt`` (the live weights of step N with that decay's average as its
-EMA), and ``live_step<N>.pt`` (no EMA: samples from the live weights). ``task=sample`` and
+that run. At each step in ``--at`` it writes, beside ``last.pt``, one complete checkpoint
+per decay, ``ema_<decay>_step<N>.pt`` (the live weights of step N with that decay's average
+as its EMA), and ``live_step<N>.pt`` (no EMA: samples from the live weights). ``task=sample`` and
 ``task=eval`` take any of them as ``ckpt``. The README's EMA table was measured this way.
 A step the divergence guard undoes is not averaged here (the run's own EMA is rolled back
 with it): after a rollback the kept averages are close to, not equal to, ``optim.ema``'s.
