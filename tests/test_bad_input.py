@@ -49,6 +49,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("negative sampler steps", ["sampler.steps=-3"], "sampler steps must be >= 0"),
     ("adaptation for the whole run", ["sampler=mala", "sampler.adapt_steps=3"],
      "adapt_steps=3 must be < steps=3"),
+    ("drawn chain length below K", ["model.objective.chain_steps_max=2"],
+     "chain_steps_max must be above sampler.steps (3)"),
     ("bad divergence policy", ["trainer.on_divergence=panic"], "trainer.on_divergence"),
     ("bad ood set", ["eval.ood=[cats]"], "eval.ood"),
     ("sweep resume without -m", ["sweep.resume=true"], "sweep.resume=true resumes a multirun"),

@@ -155,3 +155,27 @@ def test_shortrun_experiment_samples_with_its_training_chain() -> None:
     assert torch.isfinite(out["loss"]) and torch.equal(objective.buffer.data, before)
     pictures = objective.visuals(torch.Generator().manual_seed(0))
     assert "buffer" not in pictures and pictures["samples_from_noise"].shape == (64, 1, 28, 28)
+
+
+def test_drawn_chain_length_stays_in_range_and_repeats_with_the_seed() -> None:
+    """model.objective.chain_steps_max: each batch's chains run a length drawn from
+    K..K_max (logged as sampler/chain_steps), the same lengths for the same seed, and the
+    step is no longer captured (the length is read on the host)."""
+    def lengths(seed: int) -> list[float]:
+        cfg = compose_config(["experiment=deep_ebm_shortrun_mnist", "device=cpu",
+                              "sampler.steps=2", "model.objective.chain_steps_max=6",
+                              f"seed={seed}"])
+        box = (-1.0, 1.0)
+        objective = build_components(cfg, DataInfo((1, 28, 28), box, box)).objective
+        assert not objective.capturable_step
+        x = torch.rand(4, 1, 28, 28) * 2 - 1
+        return [objective.training_step(x)["sampler/chain_steps"] for _ in range(12)]
+
+    first = lengths(0)
+    assert all(2 <= k <= 6 for k in first) and len(set(first)) > 1
+    assert lengths(0) == first
+    fixed = compose_config(["experiment=deep_ebm_shortrun_mnist", "device=cpu", "sampler.steps=2"])
+    box = (-1.0, 1.0)
+    objective = build_components(fixed, DataInfo((1, 28, 28), box, box)).objective
+    assert objective.capturable_step
+    assert "sampler/chain_steps" not in objective.training_step(torch.rand(4, 1, 28, 28))

@@ -30,12 +30,15 @@ class ContrastiveDivergence(ReplayBufferCD, ChainsFromNoise, Objective):
         buffer_size: replay buffer slots; 0 = short-run non-persistent chains from noise.
         reinit_fraction: share of each batch restarted from uniform noise.
         sample_steps: default steps for fresh samples drawn from noise (visuals, task=sample).
+        chain_steps_max: ``None``: every training chain runs ``sampler.steps`` (K); an int
+            above K: each batch's chains run a length drawn uniformly from K..chain_steps_max.
     """
 
     @property
     def capturable_step(self) -> bool:
-        """Images only: 2-D data keeps a growing window of recent points for its pictures."""
-        return self.data.is_image
+        """Images with a fixed chain length only: 2-D data keeps a growing window of recent
+        points for its pictures, and a drawn chain length is read on the host."""
+        return self.data.is_image and self.chain_steps_max is None
 
     train_metrics = ("loss", "loss_cd", "loss_reg", "energy_data", "energy_sample",
                      "energy_gap", "sampler/*", "buffer/age_mean", "buffer/reinit_share")
@@ -45,7 +48,7 @@ class ContrastiveDivergence(ReplayBufferCD, ChainsFromNoise, Objective):
     def __init__(self, model: nn.Module, sampler: Sampler, data: DataInfo,
                  generator: torch.Generator, alpha: float = 0.1, data_noise_std: float = 0.005,
                  buffer_size: int = 8192, reinit_fraction: float = 0.05,
-                 sample_steps: int = 256) -> None:
+                 sample_steps: int = 256, chain_steps_max: int | None = None) -> None:
         super().__init__(model, data, generator)
         if not 0.0 <= reinit_fraction <= 1.0:
             raise ValueError(f"reinit_fraction must be in [0, 1], got {reinit_fraction}")
@@ -55,6 +58,10 @@ class ContrastiveDivergence(ReplayBufferCD, ChainsFromNoise, Objective):
         self.persistent = buffer_size > 0
         self.reinit_fraction = float(reinit_fraction) if self.persistent else 1.0
         self.sample_steps = int(sample_steps)
+        if chain_steps_max is not None and chain_steps_max <= sampler.steps:
+            raise ValueError(f"chain_steps_max must be above sampler.steps ({sampler.steps}) "
+                             f"or null, got {chain_steps_max}")
+        self.chain_steps_max = None if chain_steps_max is None else int(chain_steps_max)
         device = next(model.parameters()).device
         # buffer_size == 0: every chain starts from noise (short-run MCMC, Nijkamp 2019).
         self.buffer = ReplayBuffer(max(buffer_size, 1), data.item_shape, data.box, device,

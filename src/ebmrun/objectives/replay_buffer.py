@@ -132,6 +132,9 @@ class ReplayBufferCD:
     data_noise_std: float
     reinit_fraction: float
     persistent = True
+    # None: every negative chain runs sampler.steps (K). An int K_max > K: each training
+    # batch's chains run a number of steps drawn uniformly from K..K_max (see negatives).
+    chain_steps_max: int | None = None
     _last: dict[str, Tensor]
 
     def noisy_data(self, x: Tensor) -> Tensor:
@@ -149,10 +152,21 @@ class ReplayBufferCD:
         of them restarted from noise), run by the sampler on :meth:`chain_energy` and,
         if persistent, written back. The result's ``x`` is ``(n, *item_shape)``."""
         x0, slots = self.buffer.draw(n, self.reinit_fraction)
-        chains = self.sampler.sample(self.chain_energy(slots), x0, generator=self.generator)
+        chains = self.sampler.sample(self.chain_energy(slots), x0, steps=self.chain_steps(),
+                                     generator=self.generator)
         if self.persistent:
             self.buffer.push(slots, chains.x)
         return chains
+
+    def chain_steps(self) -> int | None:
+        """This batch's chain length: ``None`` (the sampler's K) unless ``chain_steps_max``
+        is set, then uniform on K..K_max from ``generator``, so the model also meets the
+        states its chains reach past K (short-run chains sampled longer than trained)."""
+        if self.chain_steps_max is None:
+            return None
+        low = self.sampler.steps
+        return int(torch.randint(low, self.chain_steps_max + 1, (1,), generator=self.generator,
+                                 device=self.generator.device).item())
 
     def chain_energy(self, slots: Tensor):
         """The energy function ``(B, ...) -> (B,)`` the chains of buffer ``slots`` ``(n,)``
@@ -179,6 +193,9 @@ class ReplayBufferCD:
             # Acceptance and (adapted) step size: constant for Langevin, telling for MH samplers.
             **{f"sampler/{k}": chains.stats[k] for k in ("acceptance_rate", "step_size")
                if k in chains.stats},
+            # A drawn chain length (chain_steps_max): this batch's, as a curve over the run.
+            **({"sampler/chain_steps": float(chains.stats["energy"].numel())}
+               if self.chain_steps_max is not None else {}),
         }
 
     def replay_samples(self, n: int, generator: torch.Generator) -> Tensor | None:
