@@ -133,7 +133,7 @@ class ReplayBufferCD:
     reinit_fraction: float
     persistent = True
     # None: every negative chain runs sampler.steps (K). An int K_max > K: each training
-    # batch's chains run a number of steps drawn uniformly from K..K_max (see negatives).
+    # batch's chains run a number of steps drawn uniformly from K..K_max (chain_steps).
     chain_steps_max: int | None = None
     _last: dict[str, Tensor]
 
